@@ -1,29 +1,32 @@
-"""TEMPORARY stand-in while the Triton kernels are written: the public API on the reference ops.
-Signatures are final; implementations will be replaced by the fused custom ops."""
+"""Fused Triton kernels for AlexNet's layers, as PyTorch custom ops (namespace ``alexnet_triton``).
 
-import torch
+Each op has a Triton forward and backward kernel, autograd, a fake implementation for
+``torch.compile``, and a plain-PyTorch path for CPU tensors. Under ``TRITON_INTERPRET=1`` CPU
+tensors run the Triton kernels themselves in Triton's interpreter (how the tests check them
+without a GPU); ``triton_disabled()`` switches CPU tensors back to the plain-PyTorch path.
+
+    relu_lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0)
+    max_pool2d(x, kernel_size=3, stride=2, padding=0)
+    relu_lrn_max_pool2d(x, size=5, alpha=1e-4, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0)
+    dropout(x, p=0.5, training=True, seed=None)
+    relu_dropout(x, p=0.5, training=True, seed=None)
+"""
 
 from . import reference
+from ._common import HAS_TRITON, INTERPRET, triton_disabled, use_triton
+from .dropout import dropout, relu_dropout
+from .lrn import relu_lrn
+from .pool import max_pool2d, relu_lrn_max_pool2d
 
-
-def relu_lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
-    return reference.relu_lrn(x, size, alpha, beta, k)
-
-
-def max_pool2d(x, kernel_size=3, stride=2, padding=0):
-    return reference.max_pool2d(x, kernel_size, stride, padding)
-
-
-def relu_lrn_max_pool2d(x, size=5, alpha=1e-4, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0):
-    return reference.relu_lrn_max_pool2d(x, size, alpha, beta, k, kernel_size, stride, padding)
-
-
-def dropout(x, p=0.5, training=True, seed=None):
-    return reference.dropout(x, p, training)
-
-
-def relu_dropout(x, p=0.5, training=True, seed=None):
-    return reference.relu_dropout(x, p, training)
-
-
-__all__ = ["relu_lrn", "max_pool2d", "relu_lrn_max_pool2d", "dropout", "relu_dropout", "reference", "torch"]
+__all__ = [
+    "relu_lrn",
+    "max_pool2d",
+    "relu_lrn_max_pool2d",
+    "dropout",
+    "relu_dropout",
+    "reference",
+    "triton_disabled",
+    "use_triton",
+    "HAS_TRITON",
+    "INTERPRET",
+]

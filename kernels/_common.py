@@ -1,0 +1,162 @@
+"""Shared plumbing for the fused ops: where an op runs, input checks, memory formats, launch configs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+try:  # Triton ships with PyTorch's Linux wheels; elsewhere the ops keep their plain-PyTorch path.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only on platforms without Triton
+    triton = None
+    tl = None
+
+HAS_TRITON = triton is not None
+# Read once, like Triton itself: @triton.jit decides at decoration time whether to interpret.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def triton_disabled():
+    """Inside this block CPU tensors take the plain-PyTorch path even when TRITON_INTERPRET=1.
+
+    CUDA tensors always run the Triton kernels."""
+    previous = getattr(_state, "disabled", False)
+    _state.disabled = True
+    try:
+        yield
+    finally:
+        _state.disabled = previous
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """True where the Triton kernel runs: CUDA tensors, and CPU tensors under the interpreter."""
+    if x.device.type == "cuda":
+        if not HAS_TRITON:
+            raise RuntimeError("alexnet_triton: CUDA tensors need Triton, which is not installed")
+        return True
+    return HAS_TRITON and INTERPRET and x.device.type == "cpu" and not getattr(_state, "disabled", False)
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+
+def check_tensor(op: str, x, ndim: int | None = None) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: expected a floating-point tensor (float32, float16, bfloat16 or float64), "
+                        f"got {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{op}: expected a {ndim}-D (N, C, H, W) tensor, got {x.dim()}-D "
+                         f"with shape {tuple(x.shape)}")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
+        raise RuntimeError(f"{op}: expected all tensors on one device, got {listed}")
+
+
+def check_lrn_args(op: str, size, alpha, beta, k) -> None:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{op}: size must be an int, got {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"{op}: size must be >= 1, got {size}")
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__}")
+
+
+def check_p(op: str, p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{op}: p must be a number, got {type(p).__name__}")
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"{op}: dropout probability p must be in [0, 1], got {p}")
+    return float(p)
+
+
+def _pair(op: str, name: str, value) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, Sequence) and len(value) in (1, 2) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def pool_args(op: str, x: torch.Tensor, kernel_size, stride, padding):
+    """Normalise and check pooling arguments exactly where ``F.max_pool2d`` rejects them.
+
+    Returns (kernel, stride, padding, (out_h, out_w)), each a pair of ints."""
+    kernel = _pair(op, "kernel_size", kernel_size)
+    stride = kernel if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) \
+        else _pair(op, "stride", stride)
+    padding = _pair(op, "padding", padding)
+    if min(kernel) < 1:
+        raise ValueError(f"{op}: kernel_size must be positive, got {kernel}")
+    if min(stride) < 1:
+        raise ValueError(f"{op}: stride must be positive, got {stride}")
+    if min(padding) < 0:
+        raise ValueError(f"{op}: padding must be non-negative, got {padding}")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op}: padding {padding} must be at most half of kernel_size {kernel}")
+    out = pool_out_size(x.shape[2], x.shape[3], kernel, stride, padding)
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"{op}: output size {out} is too small for input {tuple(x.shape)} with "
+                         f"kernel_size={kernel}, stride={stride}, padding={padding}")
+    return kernel, stride, padding, out
+
+
+def pool_out_size(h: int, w: int, kernel, stride, padding) -> tuple[int, int]:
+    """floor((in + 2 * pad - kernel) / stride) + 1, as PyTorch computes it without ceil_mode."""
+    return ((h + 2 * padding[0] - kernel[0]) // stride[0] + 1,
+            (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+
+
+# --------------------------------------------------------------------------------- memory formats
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout an op works in and returns: channels_last for a channels_last 4-D input, else
+    contiguous (a non-contiguous input is copied once)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def dense(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    return x.contiguous(memory_format=fmt)
+
+
+# ------------------------------------------------------------------------------- launch configs
+
+
+@dataclass(frozen=True)
+class Config:
+    """One launch configuration a launcher can choose. The compile test builds every one of them."""
+
+    constexprs: dict
+    num_warps: int = 4
+
+    def __hash__(self):
+        return hash((tuple(sorted(self.constexprs.items())), self.num_warps))
+
+
+# kernel name -> (the @triton.jit function, its configs, a signature builder for the compile test)
+KERNELS: dict[str, tuple] = {}
+
+
+def register_kernel(name: str, fn, configs: Sequence[Config], signature) -> None:
+    KERNELS[name] = (fn, tuple(configs), signature)

@@ -1,0 +1,263 @@
+"""Inverted dropout whose mask is never stored: ``dropout`` and ``relu_dropout``.
+
+The keep decision for element i (its index in memory order) is a pure function of (seed, i):
+Philox4x32-10 with key = the 64-bit seed and counter = (i mod 2^32, i div 2^32, 0, 0); the first
+output word u gives keep = (u >> 1) >= round(p * 2^31), so P(keep) = 1 - p to within 2^-31.
+Backward of ``dropout`` regenerates the mask from the seed (it saves 8 bytes); ``relu_dropout``
+saves only its output y, since dx = dy / (1 - p) exactly where y > 0.
+The plain-PyTorch path computes the same Philox stream, so CPU and GPU draw the same masks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import Config, check_p, check_tensor, register_kernel, tl, triton, use_triton
+
+# Philox4x32 constants (Salmon et al., SC'11), as in Triton's tl.philox
+_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
+_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
+_MASK32 = 0xFFFFFFFF
+
+# ------------------------------------------------------------------------------------- kernels
+
+if triton is not None:
+    from .lrn import _relu, _upcast
+
+    @triton.jit
+    def _keep(seed, offs, threshold):
+        """Keep-mask for flat int64 indices offs: Philox(seed; lo, hi, 0, 0) >> 1 >= threshold."""
+        lo = (offs & 0xFFFFFFFF).to(tl.uint32)
+        hi = (offs >> 32).to(tl.uint32)
+        zero = lo * 0
+        u, _, _, _ = tl.philox(seed, lo, hi, zero, zero)
+        return (u >> 1).to(tl.int32, bitcast=True) >= threshold
+
+    @triton.jit
+    def _dropout_fwd_kernel(
+        x_ptr,  # *T input, dense, any shape (flat)
+        y_ptr,  # *T output, same layout
+        seed_ptr,  # *i64 (1,) the seed
+        numel,  # elements
+        threshold, scale,  # keep iff philox >> 1 >= threshold; kept values times 1 / (1 - p)
+        APPLY_RELU: tl.constexpr,  # relu before dropout
+        BLOCK: tl.constexpr,
+    ):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < numel
+        x = _upcast(tl.load(x_ptr + offs, mask=m, other=0.0))
+        if APPLY_RELU:
+            x = _relu(x)
+        keep = _keep(tl.load(seed_ptr), offs, threshold)
+        # x * 0 (not 0) where dropped: NaN and inf stay NaN, as in PyTorch's x * mask * scale
+        y = x * tl.where(keep, scale, 0.0)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=m)
+
+    # relu_dropout backward: y = relu(x) * mask * scale, so d y / d x = scale exactly where y > 0
+    # (kept and x > 0); zero elsewhere, NaN included (PyTorch's relu backward tests its output > 0).
+    @triton.jit
+    def _relu_dropout_bwd_kernel(
+        dy_ptr,  # *T gradient of the output, dense, flat
+        y_ptr,  # *T the forward's output, same layout
+        dx_ptr,  # *T gradient of the input, same layout
+        numel,  # elements
+        scale,  # 1 / (1 - p)
+        BLOCK: tl.constexpr,
+    ):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < numel
+        dy = _upcast(tl.load(dy_ptr + offs, mask=m, other=0.0))
+        y = tl.load(y_ptr + offs, mask=m, other=0.0)
+        dx = tl.where(y > 0, dy * scale, 0.0)
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
+
+
+# ------------------------------------------------------------------------------------ launchers
+
+_CONFIG = Config(dict(BLOCK=1024), num_warps=4)
+
+
+def _threshold(p: float) -> int:
+    return min(round(p * 2.0**31), 2**31 - 1)
+
+
+def _philox_keep_torch(seed: int, numel: int, threshold: int, device) -> torch.Tensor:
+    """The kernel's keep-mask computed with int64 tensor ops (products of two 32-bit words fit the
+    64-bit wrap-around exactly; the high word is recovered with a shift and a mask)."""
+    idx = torch.arange(numel, dtype=torch.int64, device=device)
+    c0, c1 = idx & _MASK32, idx >> 32
+    c2 = torch.zeros_like(idx)
+    c3 = torch.zeros_like(idx)
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(10):
+        p0, p2 = _ROUND_B * c2, _ROUND_A * c0  # exact modulo 2^64
+        c0, c2 = ((p0 >> 32) & _MASK32) ^ c1 ^ k0, ((p2 >> 32) & _MASK32) ^ c3 ^ k1
+        c1, c3 = p0 & _MASK32, p2 & _MASK32
+        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
+    return (c0 >> 1) >= threshold
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise ops run over memory order: keep a dense channels_last tensor as it is."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _memory_order(t: torch.Tensor) -> torch.Tensor:
+    """A flat view of a dense tensor in memory order."""
+    return (t.permute(0, 2, 3, 1) if t.dim() == 4 and not t.is_contiguous() else t).reshape(-1)
+
+
+def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool) -> torch.Tensor:
+    x = _dense(x)
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    if p >= 1.0:
+        return y.copy_(x * 0.0 if not relu else torch.relu(x) * 0.0)
+    scale = 1.0 / (1.0 - p)
+    if not use_triton(x):
+        keep = _philox_keep_torch(int(seed.item()), x.numel(), _threshold(p), x.device)
+        src = _memory_order(x)
+        src = torch.relu(src) if relu else src
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        factor = torch.where(keep, scale, 0.0).to(compute)
+        _memory_order(y).copy_(src.to(compute) * factor)
+        return y
+    grid = (triton.cdiv(x.numel(), _CONFIG.constexprs["BLOCK"]),)
+    _dropout_fwd_kernel[grid](x, y, seed, x.numel(), _threshold(p), scale, APPLY_RELU=relu,
+                              **_CONFIG.constexprs, num_warps=_CONFIG.num_warps)
+    return y
+
+
+def _relu_dropout_backward(dy: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
+    y = _dense(y)
+    dy = dy.contiguous(memory_format=torch.channels_last) if y.dim() == 4 and not y.is_contiguous() \
+        else dy.contiguous()
+    dx = torch.empty_like(y)
+    if y.numel() == 0:
+        return dx
+    if p >= 1.0:
+        return dx.zero_()
+    scale = 1.0 / (1.0 - p)
+    if not use_triton(y):
+        return dx.copy_(torch.where(y > 0, dy * scale, torch.zeros_like(dy)))
+    grid = (triton.cdiv(y.numel(), _CONFIG.constexprs["BLOCK"]),)
+    _relu_dropout_bwd_kernel[grid](dy, y, dx, y.numel(), scale, **_CONFIG.constexprs,
+                                   num_warps=_CONFIG.num_warps)
+    return dx
+
+
+# ---------------------------------------------------------------------------------- registration
+
+
+@torch.library.custom_op("alexnet_triton::dropout", mutates_args=())
+def dropout_op(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    return _dropout_forward(x, seed, p, relu=False)
+
+
+@dropout_op.register_fake
+def _(x, seed, p):
+    return torch.empty_like(_dense(x))
+
+
+def _dropout_setup_context(ctx, inputs, output):
+    _, seed, p = inputs
+    ctx.save_for_backward(seed)  # 8 bytes: the mask is regenerated from it
+    ctx.p = p
+    ctx.channels_last = output.dim() == 4 and not output.is_contiguous()
+
+
+def _dropout_backward(ctx, dy):
+    (seed,) = ctx.saved_tensors
+    # the same memory order as the forward, so element i meets the same Philox counter
+    dy = dy.contiguous(memory_format=torch.channels_last) if ctx.channels_last else dy.contiguous()
+    return dropout_op(dy, seed, ctx.p), None, None
+
+
+dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
+
+
+@torch.library.custom_op("alexnet_triton::relu_dropout", mutates_args=())
+def relu_dropout_op(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    return _dropout_forward(x, seed, p, relu=True)
+
+
+@relu_dropout_op.register_fake
+def _(x, seed, p):
+    return torch.empty_like(_dense(x))
+
+
+@torch.library.custom_op("alexnet_triton::relu_dropout_backward", mutates_args=())
+def relu_dropout_backward_op(dy: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
+    return _relu_dropout_backward(dy, y, p)
+
+
+@relu_dropout_backward_op.register_fake
+def _(dy, y, p):
+    return torch.empty_like(_dense(y))
+
+
+def _relu_dropout_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output)  # the next linear layer saves this same tensor anyway
+    ctx.p = inputs[2]
+
+
+def _relu_dropout_backward_fn(ctx, dy):
+    (y,) = ctx.saved_tensors
+    return relu_dropout_backward_op(dy, y, ctx.p), None, None
+
+
+relu_dropout_op.register_autograd(_relu_dropout_backward_fn, setup_context=_relu_dropout_setup_context)
+
+
+# ----------------------------------------------------------------------------------------- public
+
+
+def _seed_tensor(seed, device) -> torch.Tensor:
+    if seed is None:
+        # from torch's generator for this device: torch.manual_seed makes runs reproducible, and the
+        # global RNG is advanced, never reseeded
+        return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+    if isinstance(seed, torch.Tensor):
+        if seed.numel() != 1 or seed.dtype != torch.int64:
+            raise TypeError(f"dropout: a seed tensor must hold one int64, got {seed.dtype} {tuple(seed.shape)}")
+        return seed.reshape(1).to(device)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"dropout: seed must be an int, an int64 tensor or None, got {type(seed).__name__}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"dropout: seed must be in [0, 2**63), got {seed}")
+    return torch.tensor([seed], dtype=torch.int64, device=device)
+
+
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=None) -> torch.Tensor:
+    """Inverted dropout (kept values times 1 / (1 - p)) with a counter-based mask: nothing but the
+    seed is kept for backward. ``training=False`` or ``p=0`` returns x; ``p=1`` gives zeros."""
+    check_tensor("dropout", x)
+    p = check_p("dropout", p)
+    if not training or p == 0.0:
+        return x
+    return dropout_op(x, _seed_tensor(seed, x.device), p)
+
+
+def relu_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=None) -> torch.Tensor:
+    """``dropout(relu(x), p, training)`` in one kernel each way, saving only its output."""
+    check_tensor("relu_dropout", x)
+    p = check_p("relu_dropout", p)
+    if not training:
+        p = 0.0
+    return relu_dropout_op(x, _seed_tensor(seed if p > 0 else 0, x.device), p)
+
+
+# ------------------------------------------------------------------------- compile-test signatures
+
+if triton is not None:
+    register_kernel("dropout_fwd", _dropout_fwd_kernel, [Config({**_CONFIG.constexprs, "APPLY_RELU": r})
+                                                         for r in (False, True)],
+                    lambda dtype: {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "seed_ptr": "*i64",
+                                   "numel": "i64", "threshold": "i32", "scale": "fp32",
+                                   "APPLY_RELU": "constexpr", "BLOCK": "constexpr"})
+    register_kernel("relu_dropout_bwd", _relu_dropout_bwd_kernel, [_CONFIG],
+                    lambda dtype: {"dy_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}",
+                                   "numel": "i64", "scale": "fp32", "BLOCK": "constexpr"})

@@ -1,0 +1,284 @@
+"""ReLU + local response normalisation across channels, fused: ``relu_lrn``.
+
+    r = relu(x);  s_c = k + (alpha / size) * sum_{c' in win(c)} r_c'^2;  y_c = r_c * s_c^-beta
+    win(c) = [c - size // 2, c + (size - 1) // 2]   (PyTorch's padding, also for even sizes)
+
+Forward reads x once from DRAM (the window's other channels come from cache) and writes y.
+Backward saves nothing but x: it recomputes s from x and reads x and dy, writes dx.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import (
+    Config,
+    check_lrn_args,
+    check_tensor,
+    dense,
+    memory_format,
+    register_kernel,
+    tl,
+    triton,
+    use_triton,
+)
+
+# ------------------------------------------------------------------------------------- kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _upcast(v):
+        # float64 stays float64 (for gradcheck); everything else is computed in float32
+        if v.dtype == tl.float64:
+            return v
+        else:
+            return v.to(tl.float32)
+
+    @triton.jit
+    def _acc_zeros(t, ref_ptr):
+        # zeros shaped like t in the compute dtype of ref_ptr's elements (float64 or float32)
+        z = tl.zeros(t.shape, tl.float32)
+        if ref_ptr.dtype.element_ty == tl.float64:
+            z = z.to(tl.float64)
+        return z
+
+    @triton.jit
+    def _relu(v):
+        # relu that keeps NaN, like torch.relu: NaN < 0 is false
+        return tl.where(v < 0, 0.0, v)
+
+    @triton.jit
+    def _pow(s, e):
+        # s ** e for s >= 0 (s = 0 gives 0 ** e, inf ** e as IEEE pow)
+        return tl.exp2(e * tl.log2(s))
+
+    @triton.jit
+    def _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo):
+        """sum over c' in [c - lo, c - lo + size) of relu(x[c'])^2, for a tile of channels c and
+        spatial offsets sp_off; channels outside [0, C) count as 0 (PyTorch's zero padding)."""
+        acc = _acc_zeros(valid, x_ptr)
+        for j in range(size):
+            cc = c + (j - lo)
+            m = valid & (cc >= 0) & (cc < C)
+            v = _relu(_upcast(tl.load(x_ptr + base + cc.to(tl.int64) * s_c + sp_off, mask=m, other=0.0)))
+            acc += v * v
+        return acc
+
+    @triton.jit
+    def _relu_lrn_fwd_kernel(
+        x_ptr,  # *T (N, C, H, W) input, NCHW or channels_last dense
+        y_ptr,  # *T (N, C, H, W) output, same strides as x
+        C, HW,  # channels, H * W
+        s_n, s_c, s_hw,  # strides of x and y in elements (s_hw: stride of the flattened H*W axis)
+        size, lo,  # window size, channels before c in the window (size // 2)
+        alpha_n, beta, k,  # alpha / size, exponent, additive constant
+        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)  # channel blocks vary fastest: neighbours share the window halo in L2
+        pid_hw = tl.program_id(1)
+        n = tl.program_id(2)
+        c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]  # (BLOCK_C, 1)
+        hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]  # (1, BLOCK_HW)
+        base = n.to(tl.int64) * s_n
+        sp_off = hw.to(tl.int64) * s_hw
+        valid = (c < C) & (hw < HW)
+
+        s = k + alpha_n * _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo)
+        offs = base + c.to(tl.int64) * s_c + sp_off
+        r = _relu(_upcast(tl.load(x_ptr + offs, mask=valid, other=0.0)))
+        y = r * _pow(s, -beta)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
+
+    # Backward (Caffe's lrn_layer derivation, with relu in front). With t_c = dy_c * r_c * s_c^(-beta-1):
+    #   dr_c = dy_c * s_c^-beta - 2 * (alpha/size) * beta * r_c * sum_{c': c in win(c')} t_c'
+    #   dx_c = dr_c * [x_c > 0]
+    # c in win(c') <=> c' in [c - hi, c + lo] with hi = size - 1 - lo. Each s_c' is recomputed from x.
+    @triton.jit
+    def _relu_lrn_bwd_kernel(
+        x_ptr,  # *T (N, C, H, W) the forward's input
+        dy_ptr,  # *T (N, C, H, W) gradient of the output, same strides as x
+        dx_ptr,  # *T (N, C, H, W) gradient of the input, same strides as x
+        C, HW,  # channels, H * W
+        s_n, s_c, s_hw,  # strides of x, dy, dx in elements
+        size, lo,  # window size, channels before c in the window
+        alpha_n, beta, k,  # alpha / size, exponent, additive constant
+        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)
+        pid_hw = tl.program_id(1)
+        n = tl.program_id(2)
+        c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
+        hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]
+        base = n.to(tl.int64) * s_n
+        sp_off = hw.to(tl.int64) * s_hw
+        valid = (c < C) & (hw < HW)
+        hi = size - 1 - lo
+
+        t_sum = _acc_zeros(valid, x_ptr)
+        s_self = t_sum + k
+        for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
+            cp = c + (d - hi)
+            m = valid & (cp >= 0) & (cp < C)
+            s_cp = k + alpha_n * _window_sumsq(x_ptr, base, sp_off, cp, C, m, s_c, size, lo)
+            offs_cp = base + cp.to(tl.int64) * s_c + sp_off
+            r_cp = _relu(_upcast(tl.load(x_ptr + offs_cp, mask=m, other=0.0)))
+            dy_cp = _upcast(tl.load(dy_ptr + offs_cp, mask=m, other=0.0))
+            t_sum += tl.where(m, dy_cp * r_cp * _pow(s_cp, -beta - 1.0), 0.0)
+            s_self = tl.where(d == hi, s_cp, s_self)
+
+        offs = base + c.to(tl.int64) * s_c + sp_off
+        x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
+        dy = _upcast(tl.load(dy_ptr + offs, mask=valid, other=0.0))
+        r = _relu(x)
+        dr = dy * _pow(s_self, -beta) - (2.0 * alpha_n * beta) * r * t_sum
+        dx = tl.where(x > 0, dr, 0.0)
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
+
+
+# ------------------------------------------------------------------------------------ launchers
+
+# NCHW: tiles long along the contiguous H*W axis; channels_last: long along the contiguous C axis.
+_CONFIGS = {
+    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=128), num_warps=4),
+    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
+}
+
+
+def _lrn_window(size: int) -> int:
+    return size // 2  # channels before c: PyTorch pads (size // 2, (size - 1) // 2)
+
+
+def _launch(kernel, tensors, x: torch.Tensor, fmt, size, alpha, beta, k) -> None:
+    n, c, h, w = x.shape
+    cfg = _CONFIGS[fmt]
+    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]), triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]), n)
+    kernel[grid](*tensors, c, h * w, x.stride(0), x.stride(1), x.stride(3), size, _lrn_window(size),
+                 alpha / size, beta, k, **cfg.constexprs, num_warps=cfg.num_warps)
+
+
+def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """out[:, c] = sum of t[:, c - before .. c + after] along channels, zero outside."""
+    padded = torch.nn.functional.pad(t, (0, 0, 0, 0, before, after))
+    out = torch.zeros_like(t)
+    for j in range(before + after + 1):
+        out += padded[:, j:j + t.shape[1]]
+    return out
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lrn_forward_torch(x, size, alpha, beta, k):
+    """The CPU path: the reference op, computed in float32 for half-precision inputs (as the kernel
+    does; PyTorch's CPU avg_pool3d has no bfloat16 kernel), rounded to x's dtype."""
+    from . import reference
+    return reference.relu_lrn(x.to(_compute_dtype(x.dtype)), size, alpha, beta, k).to(x.dtype)
+
+
+def lrn_backward_torch(x, dy, size, alpha, beta, k):
+    """The same backward as the kernel, in plain PyTorch (the CPU path), in float32 or float64."""
+    x = x.to(_compute_dtype(x.dtype))
+    dy = dy.to(x.dtype)
+    lo = _lrn_window(size)
+    hi = size - 1 - lo
+    r = torch.relu(x)
+    s = k + (alpha / size) * _channel_window_sum(r * r, lo, hi)
+    t = dy * r * s.pow(-beta - 1.0)
+    dr = dy * s.pow(-beta) - (2.0 * alpha / size * beta) * r * _channel_window_sum(t, hi, lo)
+    return torch.where(x > 0, dr, torch.zeros_like(dr))
+
+
+def _relu_lrn_forward(x, size, alpha, beta, k):
+    fmt = memory_format(x)
+    x = dense(x, fmt)
+    y = torch.empty_like(x, memory_format=fmt)
+    if x.numel() == 0:
+        return y
+    if not use_triton(x):
+        return y.copy_(lrn_forward_torch(x, size, alpha, beta, k))
+    _launch(_relu_lrn_fwd_kernel, (x, y), x, fmt, size, alpha, beta, k)
+    return y
+
+
+def _relu_lrn_backward(dy, x, size, alpha, beta, k):
+    fmt = memory_format(x)
+    x = dense(x, fmt)
+    dy = dense(dy, fmt)
+    dx = torch.empty_like(x, memory_format=fmt)
+    if x.numel() == 0:
+        return dx
+    if not use_triton(x):
+        return dx.copy_(lrn_backward_torch(x, dy, size, alpha, beta, k))
+    _launch(_relu_lrn_bwd_kernel, (x, dy, dx), x, fmt, size, alpha, beta, k)
+    return dx
+
+
+# ---------------------------------------------------------------------------------- registration
+
+
+@torch.library.custom_op("alexnet_triton::relu_lrn", mutates_args=())
+def relu_lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    return _relu_lrn_forward(x, size, alpha, beta, k)
+
+
+@relu_lrn_op.register_fake
+def _(x, size, alpha, beta, k):
+    return torch.empty_like(x, memory_format=memory_format(x))
+
+
+@torch.library.custom_op("alexnet_triton::relu_lrn_backward", mutates_args=())
+def relu_lrn_backward_op(dy: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float,
+                         k: float) -> torch.Tensor:
+    return _relu_lrn_backward(dy, x, size, alpha, beta, k)
+
+
+@relu_lrn_backward_op.register_fake
+def _(dy, x, size, alpha, beta, k):
+    return torch.empty_like(x, memory_format=memory_format(x))
+
+
+def _setup_context(ctx, inputs, output):
+    x, size, alpha, beta, k = inputs
+    ctx.save_for_backward(x)
+    ctx.args = (size, alpha, beta, k)
+
+
+def _backward(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return relu_lrn_backward_op(dy, x, *ctx.args), None, None, None, None
+
+
+relu_lrn_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------- public
+
+
+def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+             k: float = 2.0) -> torch.Tensor:
+    """``F.local_response_norm(F.relu(x), size, alpha, beta, k)`` in one kernel each way.
+
+    alpha is divided by ``size`` (PyTorch's, Caffe's and cuda-convnet's convention)."""
+    check_tensor("relu_lrn", x, ndim=4)
+    check_lrn_args("relu_lrn", size, alpha, beta, k)
+    return relu_lrn_op(x, size, float(alpha), float(beta), float(k))
+
+
+# ------------------------------------------------------------------------- compile-test signatures
+
+
+def _signature(kernel_name: str, dtype: str) -> dict:
+    ptrs = ["x_ptr", "y_ptr"] if kernel_name == "relu_lrn_fwd" else ["x_ptr", "dy_ptr", "dx_ptr"]
+    sig = {p: f"*{dtype}" for p in ptrs}
+    sig.update(C="i32", HW="i32", s_n="i64", s_c="i64", s_hw="i64", size="i32", lo="i32",
+               alpha_n="fp32", beta="fp32", k="fp32", BLOCK_C="constexpr", BLOCK_HW="constexpr")
+    return sig
+
+
+if triton is not None:
+    register_kernel("relu_lrn_fwd", _relu_lrn_fwd_kernel, _CONFIGS.values(),
+                    lambda dtype: _signature("relu_lrn_fwd", dtype))
+    register_kernel("relu_lrn_bwd", _relu_lrn_bwd_kernel, _CONFIGS.values(),
+                    lambda dtype: _signature("relu_lrn_bwd", dtype))

@@ -1,0 +1,404 @@
+"""Max-pooling, alone (``max_pool2d``) and fused behind ReLU + LRN (``relu_lrn_max_pool2d``).
+
+Forward keeps, per pooled output, the position of the maximum inside its window as one byte
+(kh * KW + kw; int32 for windows of more than 256 elements) instead of PyTorch's int64 flat index.
+Backward is a gather: every input position looks at the few windows that contain it, so it is
+deterministic and needs no atomics. The fused block saves only its input and that byte: the LRN
+output is recomputed in backward, never stored.
+
+PyTorch's rules, kept exactly: the window's maximum starts at -inf with the index of its first
+in-bounds position; a value replaces it when ``v > max or isnan(v)`` (so ties go to the first
+maximum in row-major order and the last NaN wins); padding never wins.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._common import (
+    Config,
+    check_lrn_args,
+    check_tensor,
+    dense,
+    memory_format,
+    pool_args,
+    register_kernel,
+    tl,
+    triton,
+    use_triton,
+)
+from .lrn import _lrn_window, lrn_backward_torch, lrn_forward_torch
+
+# ------------------------------------------------------------------------------------- kernels
+
+if triton is not None:
+    from .lrn import _acc_zeros, _pow, _relu, _upcast, _window_sumsq
+
+    @triton.jit
+    def _pool_fwd_kernel(
+        x_ptr,  # *T (N, C, H, W) input
+        y_ptr,  # *T (N, C, OH, OW) pooled output
+        am_ptr,  # *u8|i32 (N, C, OH, OW) argmax inside the window, kh * KW + kw; same strides as y
+        C, H, W, OW, P,  # channels, input height and width, output width, OH * OW
+        s_n, s_c, s_h, s_w,  # strides of x in elements
+        o_n, o_c, o_h, o_w,  # strides of y and am in elements
+        KH, KW, SH, SW, PH, PW,  # kernel, stride, padding
+        size, lo, alpha_n, beta, k,  # LRN window, channels before c, alpha / size, exponent, constant
+        FUSE_LRN: tl.constexpr,  # pool relu_lrn(x) instead of x
+        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)
+        pid_p = tl.program_id(1)
+        n = tl.program_id(2)
+        c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]  # (BLOCK_C, 1)
+        p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P))[None, :]  # (1, BLOCK_P) flat output position
+        valid = (c < C) & (p < P)
+        oh = p // OW
+        ow = p % OW
+        h0 = oh * SH - PH  # window origin, may be negative inside the padding
+        w0 = ow * SW - PW
+        x_base = n.to(tl.int64) * s_n
+        c_off = c.to(tl.int64) * s_c
+
+        best = _acc_zeros(valid, y_ptr) - float("inf")
+        arg = (tl.maximum(-h0, 0) * KW + tl.maximum(-w0, 0)) + tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
+        for kh in range(KH):
+            ih = h0 + kh
+            for kw in range(KW):
+                iw = w0 + kw
+                inb = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                sp_off = ih.to(tl.int64) * s_h + iw.to(tl.int64) * s_w
+                v = _upcast(tl.load(x_ptr + x_base + c_off + sp_off, mask=inb, other=float("-inf")))
+                if FUSE_LRN:
+                    s = k + alpha_n * _window_sumsq(x_ptr, x_base, sp_off, c, C, inb, s_c, size, lo)
+                    # round to the output dtype before comparing, as the unfused ops would
+                    v = _upcast((_relu(v) * _pow(s, -beta)).to(y_ptr.dtype.element_ty))
+                take = inb & ((v > best) | (v != v))
+                best = tl.where(take, v, best)
+                arg = tl.where(take, kh * KW + kw, arg)
+
+        o_off = n.to(tl.int64) * o_n + c.to(tl.int64) * o_c + oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w
+        tl.store(y_ptr + o_off, best.to(y_ptr.dtype.element_ty), mask=valid)
+        tl.store(am_ptr + o_off, arg.to(am_ptr.dtype.element_ty), mask=valid)
+
+    @triton.jit
+    def _gather_pool_grad(dy_ptr, am_ptr, o_base, c, ih, iw, mask, OH, OW, o_c, o_h, o_w,
+                          KH, KW, SH, SW, PH, PW):
+        """Gradient reaching input (c, ih, iw) from the windows whose argmax it is, summed in the
+        windows' row-major order (as PyTorch's gather does)."""
+        g = _acc_zeros(mask, dy_ptr)
+        oh_last = (ih + PH) // SH  # the last window row that can contain ih
+        ow_last = (iw + PW) // SW
+        NH = (KH + SH - 1) // SH  # windows per row / column that can contain one position
+        NW = (KW + SW - 1) // SW
+        c_off = c.to(tl.int64) * o_c
+        for a in range(NH):
+            oh = oh_last - (NH - 1) + a
+            kh = ih + PH - oh * SH
+            ok_h = mask & (oh >= 0) & (oh < OH) & (kh < KH)
+            for b in range(NW):
+                ow = ow_last - (NW - 1) + b
+                kw = iw + PW - ow * SW
+                m = ok_h & (ow >= 0) & (ow < OW) & (kw < KW)
+                off = o_base + c_off + oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w
+                am = tl.load(am_ptr + off, mask=m, other=-1).to(tl.int32)
+                hit = m & (am == kh * KW + kw)
+                g += _upcast(tl.load(dy_ptr + off, mask=hit, other=0.0))
+        return g
+
+    # Fused backward. g = gradient of the LRN output (gathered from the pooled gradient), then, with
+    # t_c = g_c * r_c * s_c^(-beta-1) (see lrn.py):
+    #   dx_c = [x_c > 0] * (g_c * s_c^-beta - 2 * (alpha/size) * beta * r_c * sum_{c' in [c-hi, c+lo]} t_c')
+    @triton.jit
+    def _pool_bwd_kernel(
+        x_ptr,  # *T (N, C, H, W) the forward's input (read only when FUSE_LRN)
+        dy_ptr,  # *T (N, C, OH, OW) gradient of the pooled output
+        am_ptr,  # *u8|i32 (N, C, OH, OW) argmax from the forward, same strides as dy
+        dx_ptr,  # *T (N, C, H, W) gradient of the input, same strides as x
+        C, H, W, OH, OW,  # channels, input height and width, output height and width
+        s_n, s_c, s_h, s_w,  # strides of x and dx in elements
+        o_n, o_c, o_h, o_w,  # strides of dy and am in elements
+        KH, KW, SH, SW, PH, PW,  # kernel, stride, padding
+        size, lo, alpha_n, beta, k,  # LRN window, channels before c, alpha / size, exponent, constant
+        FUSE_LRN: tl.constexpr,
+        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)
+        pid_hw = tl.program_id(1)
+        n = tl.program_id(2)
+        c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
+        hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]
+        valid = (c < C) & (hw < H * W)
+        ih = hw // W
+        iw = hw % W
+        x_base = n.to(tl.int64) * s_n
+        o_base = n.to(tl.int64) * o_n
+        sp_off = ih.to(tl.int64) * s_h + iw.to(tl.int64) * s_w
+        offs = x_base + c.to(tl.int64) * s_c + sp_off
+        if FUSE_LRN:
+            hi = size - 1 - lo
+            t_sum = _acc_zeros(valid, x_ptr)
+            s_self = t_sum + k
+            g_self = t_sum
+            for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
+                cp = c + (d - hi)
+                m = valid & (cp >= 0) & (cp < C)
+                s_cp = k + alpha_n * _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo)
+                r_cp = _relu(_upcast(tl.load(x_ptr + x_base + cp.to(tl.int64) * s_c + sp_off, mask=m,
+                                             other=0.0)))
+                g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, OH, OW, o_c, o_h, o_w,
+                                         KH, KW, SH, SW, PH, PW)
+                t_sum += tl.where(m, g_cp * r_cp * _pow(s_cp, -beta - 1.0), 0.0)
+                s_self = tl.where(d == hi, s_cp, s_self)
+                g_self = tl.where(d == hi, g_cp, g_self)
+            x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
+            dr = g_self * _pow(s_self, -beta) - (2.0 * alpha_n * beta) * _relu(x) * t_sum
+            dx = tl.where(x > 0, dr, 0.0)
+        else:
+            dx = _gather_pool_grad(dy_ptr, am_ptr, o_base, c, ih, iw, valid, OH, OW, o_c, o_h, o_w,
+                                   KH, KW, SH, SW, PH, PW)
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
+
+
+# ------------------------------------------------------------------------------------ launchers
+
+_FWD_CONFIGS = {
+    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_P=64), num_warps=4),
+    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_P=16), num_warps=4),
+}
+_BWD_CONFIGS = {
+    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=128), num_warps=4),
+    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
+}
+_NO_LRN = (1, 0.0, 0.0, 1.0)  # (size, alpha, beta, k) that the plain max-pool kernels ignore
+
+
+def _argmax_dtype(kernel) -> torch.dtype:
+    return torch.uint8 if kernel[0] * kernel[1] <= 256 else torch.int32
+
+
+def _lrn_launch_args(lrn):
+    size, alpha, beta, k = lrn
+    return size, _lrn_window(size), alpha / size, beta, k
+
+
+def _local_to_flat(local, w, kernel, stride, padding):
+    """Window-local argmax (kh * KW + kw) -> PyTorch's flat index ih * W + iw, per pooled output."""
+    oh = torch.arange(local.shape[2], device=local.device).view(1, 1, -1, 1)
+    ow = torch.arange(local.shape[3], device=local.device).view(1, 1, 1, -1)
+    local = local.long()
+    ih = oh * stride[0] - padding[0] + local // kernel[1]
+    iw = ow * stride[1] - padding[1] + local % kernel[1]
+    return ih * w + iw
+
+
+def _flat_to_local(flat, w, kernel, stride, padding):
+    oh = torch.arange(flat.shape[2], device=flat.device).view(1, 1, -1, 1)
+    ow = torch.arange(flat.shape[3], device=flat.device).view(1, 1, 1, -1)
+    kh = flat // w - (oh * stride[0] - padding[0])
+    kw = flat % w - (ow * stride[1] - padding[1])
+    return kh * kernel[1] + kw
+
+
+def _pool_forward(x, kernel, stride, padding, lrn):
+    """lrn: None for plain max-pool, else (size, alpha, beta, k). Returns (y, argmax)."""
+    fmt = memory_format(x)
+    x = dense(x, fmt)
+    n, c, h, w = x.shape
+    oh, ow = ((h + 2 * padding[0] - kernel[0]) // stride[0] + 1, (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
+    am = torch.empty((n, c, oh, ow), dtype=_argmax_dtype(kernel), device=x.device, memory_format=fmt)
+    if y.numel() == 0:
+        return y, am
+    if not use_triton(x):
+        v = x if lrn is None else lrn_forward_torch(x, *lrn)
+        out, flat = F.max_pool2d(v, kernel, stride, padding, return_indices=True)
+        y.copy_(out)
+        am.copy_(_flat_to_local(flat, w, kernel, stride, padding))
+        return y, am
+    cfg = _FWD_CONFIGS[fmt]
+    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]), triton.cdiv(oh * ow, cfg.constexprs["BLOCK_P"]), n)
+    _pool_fwd_kernel[grid](
+        x, y, am, c, h, w, ow, oh * ow, *x.stride(), *y.stride(), *kernel, *stride, *padding,
+        *_lrn_launch_args(lrn or _NO_LRN), FUSE_LRN=lrn is not None,
+        **cfg.constexprs, num_warps=cfg.num_warps)
+    return y, am
+
+
+def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
+    """Gradient of the input. x (the forward's input) is needed only when lrn is not None."""
+    fmt = memory_format(am) if x is None else memory_format(x)
+    am = dense(am, fmt)
+    dy = dense(dy, fmt)
+    n, c = dy.shape[:2]
+    h, w = input_hw
+    dx = torch.empty((n, c, h, w), dtype=dy.dtype, device=dy.device, memory_format=fmt)
+    if x is not None:
+        x = dense(x, fmt)
+    if dx.numel() == 0:
+        return dx
+    if dy.numel() == 0:
+        return dx.zero_()
+    if not use_triton(dy):
+        flat = _local_to_flat(am, w, kernel, stride, padding).reshape(n * c, -1)
+        g = torch.zeros(n * c, h * w, dtype=dy.dtype, device=dy.device)
+        g.scatter_add_(1, flat, dy.reshape(n * c, -1))
+        g = g.view(n, c, h, w)
+        return dx.copy_(g if lrn is None else lrn_backward_torch(x, g, *lrn))
+    cfg = _BWD_CONFIGS[fmt]
+    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]), triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]), n)
+    _pool_bwd_kernel[grid](
+        dx if x is None else x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *dx.stride(), *dy.stride(),
+        *kernel, *stride, *padding, *_lrn_launch_args(lrn or _NO_LRN),
+        FUSE_LRN=lrn is not None, **cfg.constexprs, num_warps=cfg.num_warps)
+    return dx
+
+
+def _pooled_fake(x, kernel, stride, padding):
+    fmt = memory_format(x)
+    n, c, h, w = x.shape
+    oh, ow = ((h + 2 * padding[0] - kernel[0]) // stride[0] + 1, (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
+    am = torch.empty((n, c, oh, ow), dtype=_argmax_dtype(kernel), device=x.device, memory_format=fmt)
+    return y, am
+
+
+def _grad_fake(dy, am, x, input_hw, kernel):
+    fmt = memory_format(am) if x is None else memory_format(x)
+    return torch.empty((dy.shape[0], dy.shape[1], *input_hw), dtype=dy.dtype, device=dy.device,
+                       memory_format=fmt)
+
+
+# ---------------------------------------------------------------------------------- registration
+
+
+@torch.library.custom_op("alexnet_triton::max_pool2d", mutates_args=())
+def max_pool2d_op(x: torch.Tensor, kernel_size: list[int], stride: list[int],
+                  padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pool_forward(x, kernel_size, stride, padding, None)
+
+
+@max_pool2d_op.register_fake
+def _(x, kernel_size, stride, padding):
+    return _pooled_fake(x, kernel_size, stride, padding)
+
+
+@torch.library.custom_op("alexnet_triton::max_pool2d_backward", mutates_args=())
+def max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, input_hw: list[int], kernel_size: list[int],
+                           stride: list[int], padding: list[int]) -> torch.Tensor:
+    return _pool_backward(dy, argmax, None, input_hw, kernel_size, stride, padding, None)
+
+
+@max_pool2d_backward_op.register_fake
+def _(dy, argmax, input_hw, kernel_size, stride, padding):
+    return _grad_fake(dy, argmax, None, input_hw, kernel_size)
+
+
+def _pool_setup_context(ctx, inputs, output):
+    x, kernel_size, stride, padding = inputs
+    ctx.save_for_backward(output[1])  # the argmax bytes only: backward needs no input values
+    ctx.args = (list(x.shape[2:]), kernel_size, stride, padding)
+
+
+def _pool_backward_fn(ctx, dy, _d_argmax):
+    (argmax,) = ctx.saved_tensors
+    return max_pool2d_backward_op(dy, argmax, *ctx.args), None, None, None
+
+
+max_pool2d_op.register_autograd(_pool_backward_fn, setup_context=_pool_setup_context)
+
+
+@torch.library.custom_op("alexnet_triton::relu_lrn_max_pool2d", mutates_args=())
+def relu_lrn_max_pool2d_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                           kernel_size: list[int], stride: list[int],
+                           padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pool_forward(x, kernel_size, stride, padding, (size, alpha, beta, k))
+
+
+@relu_lrn_max_pool2d_op.register_fake
+def _(x, size, alpha, beta, k, kernel_size, stride, padding):
+    return _pooled_fake(x, kernel_size, stride, padding)
+
+
+@torch.library.custom_op("alexnet_triton::relu_lrn_max_pool2d_backward", mutates_args=())
+def relu_lrn_max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, x: torch.Tensor, size: int,
+                                    alpha: float, beta: float, k: float, kernel_size: list[int],
+                                    stride: list[int], padding: list[int]) -> torch.Tensor:
+    return _pool_backward(dy, argmax, x, list(x.shape[2:]), kernel_size, stride, padding,
+                          (size, alpha, beta, k))
+
+
+@relu_lrn_max_pool2d_backward_op.register_fake
+def _(dy, argmax, x, size, alpha, beta, k, kernel_size, stride, padding):
+    return _grad_fake(dy, argmax, x, list(x.shape[2:]), kernel_size)
+
+
+def _block_setup_context(ctx, inputs, output):
+    x, size, alpha, beta, k, kernel_size, stride, padding = inputs
+    ctx.save_for_backward(x, output[1])  # the input and one byte per pooled output: nothing else
+    ctx.args = (size, alpha, beta, k, kernel_size, stride, padding)
+
+
+def _block_backward_fn(ctx, dy, _d_argmax):
+    x, argmax = ctx.saved_tensors
+    return (relu_lrn_max_pool2d_backward_op(dy, argmax, x, *ctx.args),) + (None,) * 7
+
+
+relu_lrn_max_pool2d_op.register_autograd(_block_backward_fn, setup_context=_block_setup_context)
+
+
+# ----------------------------------------------------------------------------------------- public
+
+
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
+    """``F.max_pool2d(x, kernel_size, stride, padding)``; saves one byte per output for backward.
+
+    ``stride=None`` means ``kernel_size``, as in PyTorch."""
+    check_tensor("max_pool2d", x, ndim=4)
+    kernel, stride, padding, _ = pool_args("max_pool2d", x, kernel_size, stride, padding)
+    return max_pool2d_op(x, list(kernel), list(stride), list(padding))[0]
+
+
+def relu_lrn_max_pool2d(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 2.0, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
+    """``max_pool2d(relu_lrn(x, size, alpha, beta, k), kernel_size, stride, padding)`` in one kernel each
+    way, saving only x and one byte per pooled output."""
+    check_tensor("relu_lrn_max_pool2d", x, ndim=4)
+    check_lrn_args("relu_lrn_max_pool2d", size, alpha, beta, k)
+    kernel, stride, padding, _ = pool_args("relu_lrn_max_pool2d", x, kernel_size, stride, padding)
+    return relu_lrn_max_pool2d_op(x, size, float(alpha), float(beta), float(k), list(kernel), list(stride),
+                                  list(padding))[0]
+
+
+
+# ------------------------------------------------------------------------- compile-test signatures
+
+
+def _signature(direction: str, dtype: str, argmax: str = "u8") -> dict:
+    if direction == "fwd":
+        sig = {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "am_ptr": f"*{argmax}"}
+        sig.update({name: "i32" for name in ("C", "H", "W", "OW", "P")})
+    else:
+        sig = {"x_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "am_ptr": f"*{argmax}", "dx_ptr": f"*{dtype}"}
+        sig.update({name: "i32" for name in ("C", "H", "W", "OH", "OW")})
+    sig.update({name: "i64" for name in ("s_n", "s_c", "s_h", "s_w", "o_n", "o_c", "o_h", "o_w")})
+    sig.update({name: "i32" for name in ("KH", "KW", "SH", "SW", "PH", "PW", "size", "lo")})
+    sig.update(alpha_n="fp32", beta="fp32", k="fp32", FUSE_LRN="constexpr", BLOCK_C="constexpr")
+    sig["BLOCK_P" if direction == "fwd" else "BLOCK_HW"] = "constexpr"
+    return sig
+
+
+def _with(configs, **extra):
+    return [Config({**cfg.constexprs, **extra}, cfg.num_warps) for cfg in configs.values()]
+
+
+if triton is not None:
+    register_kernel("max_pool2d_fwd", _pool_fwd_kernel, _with(_FWD_CONFIGS, FUSE_LRN=False),
+                    lambda dtype: _signature("fwd", dtype))
+    register_kernel("max_pool2d_bwd", _pool_bwd_kernel, _with(_BWD_CONFIGS, FUSE_LRN=False),
+                    lambda dtype: _signature("bwd", dtype))
+    register_kernel("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, _with(_FWD_CONFIGS, FUSE_LRN=True),
+                    lambda dtype: _signature("fwd", dtype))
+    register_kernel("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, _with(_BWD_CONFIGS, FUSE_LRN=True),
+                    lambda dtype: _signature("bwd", dtype))
