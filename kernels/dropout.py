@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Config, check_p, check_tensor, register_kernel, tl, triton, use_triton
+from ._common import Config, check_p, check_same_device, check_tensor, register_kernel, tl, triton, use_triton
 
 # Philox4x32 constants (Salmon et al., SC'11), as in Triton's tl.philox
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -110,6 +110,7 @@ def _memory_order(t: torch.Tensor) -> torch.Tensor:
 
 
 def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool) -> torch.Tensor:
+    check_same_device("relu_dropout" if relu else "dropout", input=x, seed=seed)
     x = _dense(x)
     y = torch.empty_like(x)
     if x.numel() == 0:
@@ -132,6 +133,7 @@ def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool) 
 
 
 def _relu_dropout_backward(dy: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
+    check_same_device("relu_dropout", grad=dy, output=y)
     y = _dense(y)
     dy = dy.contiguous(memory_format=torch.channels_last) if y.dim() == 4 and not y.is_contiguous() \
         else dy.contiguous()
@@ -222,7 +224,8 @@ def _seed_tensor(seed, device) -> torch.Tensor:
         return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
     if isinstance(seed, torch.Tensor):
         if seed.numel() != 1 or seed.dtype != torch.int64:
-            raise TypeError(f"dropout: a seed tensor must hold one int64, got {seed.dtype} {tuple(seed.shape)}")
+            raise TypeError(f"dropout: a seed tensor must hold one int64, got {seed.dtype} "
+                            f"{tuple(seed.shape)}")
         return seed.reshape(1).to(device)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"dropout: seed must be an int, an int64 tensor or None, got {type(seed).__name__}")

@@ -14,6 +14,7 @@ import torch
 from ._common import (
     Config,
     check_lrn_args,
+    check_same_device,
     check_tensor,
     dense,
     memory_format,
@@ -203,6 +204,7 @@ def _relu_lrn_forward(x, size, alpha, beta, k):
 
 
 def _relu_lrn_backward(dy, x, size, alpha, beta, k):
+    check_same_device("relu_lrn", grad=dy, input=x)
     fmt = memory_format(x)
     x = dense(x, fmt)
     dy = dense(dy, fmt)

@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from ._common import (
     Config,
     check_lrn_args,
+    check_same_device,
     check_tensor,
     dense,
     memory_format,
     pool_args,
+    pool_out_size,
     register_kernel,
     tl,
     triton,
@@ -206,7 +208,7 @@ def _pool_forward(x, kernel, stride, padding, lrn):
     fmt = memory_format(x)
     x = dense(x, fmt)
     n, c, h, w = x.shape
-    oh, ow = ((h + 2 * padding[0] - kernel[0]) // stride[0] + 1, (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+    oh, ow = pool_out_size(h, w, kernel, stride, padding)
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
     am = torch.empty((n, c, oh, ow), dtype=_argmax_dtype(kernel), device=x.device, memory_format=fmt)
     if y.numel() == 0:
@@ -228,6 +230,8 @@ def _pool_forward(x, kernel, stride, padding, lrn):
 
 def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
     """Gradient of the input. x (the forward's input) is needed only when lrn is not None."""
+    check_same_device("relu_lrn_max_pool2d" if lrn else "max_pool2d", grad=dy, argmax=am,
+                      **({} if x is None else {"input": x}))
     fmt = memory_format(am) if x is None else memory_format(x)
     am = dense(am, fmt)
     dy = dense(dy, fmt)
@@ -242,8 +246,9 @@ def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
         return dx.zero_()
     if not use_triton(dy):
         flat = _local_to_flat(am, w, kernel, stride, padding).reshape(n * c, -1)
-        g = torch.zeros(n * c, h * w, dtype=dy.dtype, device=dy.device)
-        g.scatter_add_(1, flat, dy.reshape(n * c, -1))
+        compute = torch.float64 if dy.dtype == torch.float64 else torch.float32  # as the kernel sums
+        g = torch.zeros(n * c, h * w, dtype=compute, device=dy.device)
+        g.scatter_add_(1, flat, dy.reshape(n * c, -1).to(compute))
         g = g.view(n, c, h, w)
         return dx.copy_(g if lrn is None else lrn_backward_torch(x, g, *lrn))
     cfg = _BWD_CONFIGS[fmt]
@@ -258,7 +263,7 @@ def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
 def _pooled_fake(x, kernel, stride, padding):
     fmt = memory_format(x)
     n, c, h, w = x.shape
-    oh, ow = ((h + 2 * padding[0] - kernel[0]) // stride[0] + 1, (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+    oh, ow = pool_out_size(h, w, kernel, stride, padding)
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
     am = torch.empty((n, c, oh, ow), dtype=_argmax_dtype(kernel), device=x.device, memory_format=fmt)
     return y, am
@@ -285,8 +290,8 @@ def _(x, kernel_size, stride, padding):
 
 
 @torch.library.custom_op("alexnet_triton::max_pool2d_backward", mutates_args=())
-def max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, input_hw: list[int], kernel_size: list[int],
-                           stride: list[int], padding: list[int]) -> torch.Tensor:
+def max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, input_hw: list[int],
+                           kernel_size: list[int], stride: list[int], padding: list[int]) -> torch.Tensor:
     return _pool_backward(dy, argmax, None, input_hw, kernel_size, stride, padding, None)
 
 

@@ -56,8 +56,8 @@ def compiled():
 
 
 def test_every_kernel_and_config_compiles(compiled):
-    from kernels._common import KERNELS
     import kernels  # noqa: F401  (registers the kernels)
+    from kernels._common import KERNELS
 
     expected = {(name, str(cfg.constexprs)) for name, (_, cfgs, _) in KERNELS.items() for cfg in cfgs}
     seen = {(r["kernel"], r["config"]) for r in compiled}
