@@ -13,8 +13,10 @@ shard batches by ``ctx.dp_rank`` / ``ctx.dp_size`` (``shard_batch``), not by glo
 Typical use, under torchrun or ``launch``:
 
     ctx = init_distributed(tp_size=2)
-    model = AlexNet(config)                      # the full one-device model (same seed on every rank)
+    torch.manual_seed(seed)
+    model = AlexNet(config)                      # the full one-device model, the same on every rank
     module = parallelize(model, ctx)             # this rank's tower on ctx.device, DDP over dp if needed
+    torch.manual_seed(seed + ctx.rank)           # dropout masks independent across towers and data ranks
     logits = module(shard_batch(x, ctx).to(ctx.device))        # (N / dp_size, num_classes) on every rank
     F.cross_entropy(logits, shard_batch(y, ctx).to(ctx.device)).backward()
     torch.save(full_state_dict(module, ctx), path) if ctx.is_main else None   # the one-device state dict

@@ -21,6 +21,10 @@ TINY = AlexNetConfig(num_classes=10, image_size=67, width=0.125, init="kaiming")
 # nearly a constant factor and a 5% error in alpha would change the logits by less than 1e-5.
 PIXEL_SCALE = 10.0
 
+# Where the fused ops run their Triton kernels: a GPU, or CPU tensors under the interpreter (conftest
+# sets TRITON_INTERPRET=1 without a GPU). With a GPU, CPU tensors take the ops' plain-PyTorch path.
+DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
 # Relative error bounds, ||actual - expected|| / ||expected||, float32, fused kernels vs eager reference.
 TOLERANCE = {
     "forward": 1e-5,  # pow and the LRN window sum round differently: ~1e-7 per op, 100x headroom
@@ -248,12 +252,19 @@ def _compare_fused_eager(model, x, y, monkeypatch):
         assert_rel_close(fused_grads[name], eager_grads[name], TOLERANCE["grad"], f"grad {name}")
 
 
-def test_fused_matches_eager(monkeypatch, seed):
+@pytest.fixture
+def no_tf32(monkeypatch):
+    """TF32 convolutions and matmuls (cuDNN's default) would round far above float32's tolerances."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
+def test_fused_matches_eager(monkeypatch, seed, no_tf32):
     """Training mode, the fused model's dropout masks replayed in the eager one: every fused op
     (ReLU+LRN+pool twice, pool, ReLU+dropout twice) forward and backward, both towers, two images."""
-    model = AlexNet(TINY, ops="fused")
-    x = PIXEL_SCALE * torch.randn(2, 3, TINY.image_size, TINY.image_size)
-    _compare_fused_eager(model, x, torch.tensor([3, 7]), monkeypatch)
+    model = AlexNet(TINY, ops="fused").to(DEVICE)
+    x = PIXEL_SCALE * torch.randn(2, 3, TINY.image_size, TINY.image_size, device=DEVICE)
+    _compare_fused_eager(model, x, torch.tensor([3, 7], device=DEVICE), monkeypatch)
 
 
 def test_eval_mode_has_no_dropout(seed):
@@ -267,12 +278,13 @@ def test_eval_mode_has_no_dropout(seed):
 
 
 @pytest.mark.slow
-def test_fused_matches_eager_227(monkeypatch, seed):
-    """The full input size (conv1 55x55, pools 27/13/6) at width 0.125, one image, dropout masks shared."""
+def test_fused_matches_eager_227(monkeypatch, seed, no_tf32):
+    """The full input size (conv1 55x55, pools 27/13/6) at width 0.125, one image, dropout masks shared.
+    20-60 s under the interpreter on two busy cores (the cost is in the 55x55 and 27x27 planes)."""
     config = AlexNetConfig(num_classes=10, image_size=227, width=0.125, init="kaiming")
-    model = AlexNet(config, ops="fused")
-    x = PIXEL_SCALE * torch.randn(1, 3, 227, 227)
-    _compare_fused_eager(model, x, torch.tensor([4]), monkeypatch)
+    model = AlexNet(config, ops="fused").to(DEVICE)
+    x = PIXEL_SCALE * torch.randn(1, 3, 227, 227, device=DEVICE)
+    _compare_fused_eager(model, x, torch.tensor([4], device=DEVICE), monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------------- memory
