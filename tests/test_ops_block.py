@@ -1,0 +1,241 @@
+"""kernels.relu_lrn_max_pool2d == max_pool2d(relu_lrn(x)): forward, backward (the gradient of a tie
+goes where PyTorch's sends it), NaN / inf, saved-for-backward bytes, gradcheck, opcheck, bad and
+empty input."""
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import kernels
+from kernels import reference
+from tests._utils import (
+    PATHS,
+    TOLERANCES,
+    ambiguous_windows,
+    assert_close_verbose,
+    assert_memory_format,
+    custom_op,
+    dtypes,
+    examples,
+    grad_tol,
+    lrn_alphas,
+    lrn_betas,
+    lrn_ks,
+    lrn_sizes,
+    make_grad,
+    make_values,
+    memory_formats,
+    on_path,
+    op_forward_backward,
+    pool_out_size,
+    pool_params,
+    pool_shapes,
+    real_kernels_only,
+    ref_forward_backward,
+    seeds,
+    to_memory_format,
+    value_kinds,
+)
+
+ERRORS = (TypeError, ValueError, RuntimeError)
+
+
+def check_block(path, x, lrn, pool, grad_fmt="contiguous", seed=0):
+    """Forward against the reference (float32 on the same inputs, rounded); backward on finite
+    inputs with a shared grad_output that is zero on windows whose winner is decided by rounding."""
+    size, alpha, beta, k = lrn
+    kernel, stride, padding = pool
+    dtype = x.dtype
+    finite = bool(torch.isfinite(x).all())
+    lrn32 = reference.relu_lrn(x.float(), size, alpha, beta, k)
+    ambiguous = ambiguous_windows(lrn32, kernel, stride, padding, dtype) if finite else None
+
+    def grad_out_fn(out):
+        g = make_grad(out.shape, seed, dtype).masked_fill(ambiguous, 0.0)
+        return to_memory_format(g, grad_fmt)
+
+    with on_path(path):
+        out, grad, g = op_forward_backward(kernels.relu_lrn_max_pool2d, x, grad_out_fn if finite else None,
+                                           size, alpha, beta, k, kernel, stride, padding)
+    ref, ref_grad = ref_forward_backward(reference.relu_lrn_max_pool2d, x, g, size, alpha, beta, k,
+                                         kernel, stride, padding)
+    name = (f"relu_lrn_max_pool2d {path} {tuple(x.shape)} {dtype} size={size} alpha={alpha} beta={beta} "
+            f"k={k} kernel={kernel} stride={stride} padding={padding}")
+    assert out.shape == (*x.shape[:2], *pool_out_size(*x.shape[2:], kernel, stride, padding)), name
+    assert_close_verbose(out, ref, TOLERANCES[dtype], name=name + " forward")
+    assert_memory_format(out, x, name)
+    if finite:
+        assert_close_verbose(grad, ref_grad, grad_tol(dtype, ref_grad), name=name + " backward")
+    return out, grad
+
+
+@pytest.mark.parametrize("path", PATHS)
+@examples(12)
+@given(pool=pool_params(max_k=4), size=lrn_sizes, alpha=lrn_alphas, beta=lrn_betas, k=lrn_ks, dtype=dtypes,
+       fmt=memory_formats, grad_fmt=memory_formats, kind=value_kinds, seed=seeds,
+       scale=st.sampled_from([1.0, 10.0]), data=st.data())
+@example(pool=(3, 2, 0), size=5, alpha=1e-4, beta=0.75, k=2.0, dtype=torch.float32, fmt="contiguous",
+         grad_fmt="contiguous", kind="normal", seed=0, scale=10.0, data=None)
+def test_relu_lrn_max_pool2d_matches_reference(path, pool, size, alpha, beta, k, dtype, fmt, grad_fmt, kind,
+                                               seed, scale, data):
+    shape = data.draw(pool_shapes(pool[0], pool[2], max_c=12, max_hw=11)) if data is not None \
+        else (2, 16, 13, 13)
+    x = to_memory_format(make_values(shape, kind, seed, dtype, scale), fmt)
+    check_block(path, x, (size, alpha, beta, k), pool, grad_fmt, seed)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_relu_lrn_max_pool2d_exact_ties_go_to_the_first_maximum(path, dtype, fmt):
+    """Each pixel's channel column is constant, so equal pixels give bit-equal LRN outputs: exact
+    ties in most windows, positive so that the ReLU passes their gradient on."""
+    g = torch.Generator().manual_seed(11)
+    plane = torch.randint(1, 4, (1, 1, 7, 8), generator=g).float()
+    x = to_memory_format(plane.expand(1, 6, 7, 8).to(dtype), fmt)
+    for pool in [(3, 2, 0), ((3, 2), (2, 1), (1, 0))]:
+        check_block(path, x, (5, 0.3, 0.75, 2.0), pool, seed=2)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("size", [3, 8, 9])
+def test_relu_lrn_max_pool2d_many_channels(path, fmt, size):
+    """70 channels: whole and partial channel chunks, LRN windows that straddle two of them."""
+    x = to_memory_format(make_values((1, 70, 5, 6), "normal", size, torch.float32, 3.0), fmt)
+    check_block(path, x, (size, 1.0, 0.75, 1.0), (3, 2, 1), seed=size)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_lrn_max_pool2d_nan_inf(path, dtype):
+    """NaN spreads over its LRN window then wins its pooling windows; +inf gives NaN at itself."""
+    x = make_values((1, 7, 6, 6), "normal", 8, dtype)
+    x[0, 3, 1, 1] = float("nan")
+    x[0, 0, 4, 4] = float("inf")
+    x[0, 6, 0, 5] = float("-inf")
+    out, _ = check_block(path, x, (3, 0.5, 0.75, 2.0), (3, 2, 1))
+    assert out[0, 2:5, :2, :2].isnan().all()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_relu_lrn_max_pool2d_default_arguments(path):
+    x = make_values((1, 8, 9, 9), "normal", 9) * 20
+    with on_path(path):
+        out = kernels.relu_lrn_max_pool2d(x)
+    assert_close_verbose(out, reference.relu_lrn_max_pool2d(x, 5, 1e-4, 0.75, 2.0, 3, 2, 0),
+                         TOLERANCES[torch.float32], name="relu_lrn_max_pool2d defaults")
+
+
+def _gradcheck_input(shape, size, alpha, beta, k, pool):
+    """Positive inputs (away from the ReLU's kink) whose LRN output has no two values within 1e-3 in
+    any pooling window, so that gradcheck's eps cannot change an argmax."""
+    for s in range(100):
+        g = torch.Generator().manual_seed(s)
+        x = torch.rand(shape, generator=g, dtype=torch.float64) * 2 + 0.2
+        y = reference.relu_lrn(x, size, alpha, beta, k)
+        if not ambiguous_windows_gap(y, pool, 1e-3):
+            return x.requires_grad_()
+    raise AssertionError("no input without near ties found")
+
+
+def ambiguous_windows_gap(y, pool, gap):
+    kernel, stride, padding = pool
+    yp = torch.nn.functional.pad(y, (padding, padding, padding, padding), value=float("-inf"))
+    win = yp.unfold(2, kernel, stride).unfold(3, kernel, stride).flatten(-2)
+    top2 = win.topk(2, dim=-1).values
+    return bool(((top2[..., 0] - top2[..., 1]) < gap).any())
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lrn,pool", [((5, 1e-4, 0.75, 2.0), (3, 2, 0)), ((4, 0.8, 0.6, 1.0), (2, 1, 1))])
+def test_relu_lrn_max_pool2d_gradcheck_float64(path, lrn, pool):
+    x = _gradcheck_input((1, 5, 5, 5), *lrn, pool)
+    with on_path(path):
+        assert torch.autograd.gradcheck(lambda t: kernels.relu_lrn_max_pool2d(t, *lrn, *pool), (x,),
+                                        eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_relu_lrn_max_pool2d_opcheck(fmt):
+    op = custom_op("relu_lrn_max_pool2d")
+    x = to_memory_format(make_values((1, 6, 5, 5), "normal", 10), fmt).requires_grad_()
+    torch.library.opcheck(op, (x, 5, 1e-4, 0.75, 2.0, [3, 3], [2, 2], [0, 0]))
+    torch.library.opcheck(op, (x, 2, 0.5, 0.5, 1.0, [2, 3], [1, 2], [1, 1]))
+
+
+def saved_bytes(fn, x):
+    """Bytes saved for backward by ``fn(x)``, each storage counted once, and the output."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = (s.nbytes(), t.dtype, tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(x)
+    return sum(n for n, _, _ in storages.values()), storages, out
+
+
+@real_kernels_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_relu_lrn_max_pool2d_saves_at_most_input_plus_one_byte_per_output(dtype, fmt):
+    x = to_memory_format(make_values((2, 8, 7, 7), "normal", 12, dtype), fmt).requires_grad_()
+    nbytes, storages, out = saved_bytes(kernels.relu_lrn_max_pool2d, x)
+    budget = x.numel() * x.element_size() + out.numel()
+    assert nbytes <= budget, f"saved {nbytes} bytes > budget {budget}: {list(storages.values())}"
+    assert not any(d == torch.int64 for _, d, _ in storages.values()), f"int64 saved: {storages}"
+    # the saved tensors still give the right gradient (windows decided by rounding left out)
+    ambiguous = ambiguous_windows(reference.relu_lrn(x.detach().float()), 3, 2, 0, dtype)
+    g = make_grad(out.shape, 12, dtype).masked_fill(ambiguous, 0.0)
+    (grad,) = torch.autograd.grad(out, x, g)
+    ref_grad = ref_forward_backward(reference.relu_lrn_max_pool2d, x, g)[1]
+    assert_close_verbose(grad, ref_grad, grad_tol(dtype, ref_grad), name="saved-tensor backward")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_relu_lrn_max_pool2d_empty_batch(path, dtype):
+    x = torch.empty(0, 6, 9, 9, dtype=dtype, requires_grad=True)
+    with on_path(path):
+        out = kernels.relu_lrn_max_pool2d(x, 5, 1e-4, 0.75, 2.0, 3, 2, 0)
+        assert out.shape == (0, 6, 4, 4) and out.dtype == dtype
+        out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
+def test_relu_lrn_max_pool2d_rejects_integer_dtypes(path, dtype):
+    with on_path(path), pytest.raises(ERRORS, match="relu_lrn_max_pool2d"):
+        kernels.relu_lrn_max_pool2d(torch.ones(1, 4, 5, 5, dtype=dtype))
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", [(4, 5, 5), (25,), (1, 1, 4, 5, 5)])
+def test_relu_lrn_max_pool2d_rejects_wrong_rank(path, shape):
+    with on_path(path), pytest.raises(ERRORS, match="relu_lrn_max_pool2d"):
+        kernels.relu_lrn_max_pool2d(torch.ones(shape))
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kwargs", [
+    pytest.param(dict(size=0), id="size0"),
+    pytest.param(dict(size=-3), id="size-neg"),
+    pytest.param(dict(kernel_size=0), id="kernel0"),
+    pytest.param(dict(stride=0), id="stride0"),
+    pytest.param(dict(stride=-1), id="stride-neg"),
+    pytest.param(dict(padding=-1), id="padding-neg"),
+    pytest.param(dict(padding=2), id="padding-over-half-kernel"),
+    pytest.param(dict(kernel_size=7), id="output-empty"),
+])
+def test_relu_lrn_max_pool2d_rejects_bad_parameters(path, kwargs):
+    x = torch.ones(1, 4, 5, 5)
+    with on_path(path), pytest.raises(ERRORS, match="relu_lrn_max_pool2d"):
+        kernels.relu_lrn_max_pool2d(x, **kwargs)

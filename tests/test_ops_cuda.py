@@ -1,0 +1,306 @@
+"""The equivalence checks at AlexNet's sizes on a CUDA GPU (batch 128: 96x55x55, 256x27x27, 256x13x13,
+and (128, 4096) for dropout), int64 indexing past 2^31 elements, tensors on two devices, opcheck and
+torch.compile on CUDA tensors. Skipped without a GPU.
+
+``ALEXNET_CUDA_TESTS_ON=cpu`` runs this file's code on the CPU path at batch 2 (a dry run of the
+tests themselves, for machines without a GPU); the int64 and two-device tests stay skipped."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels import reference
+from tests._utils import (
+    EXACT,
+    TOLERANCES,
+    ambiguous_windows,
+    assert_close_verbose,
+    assert_memory_format,
+    bits,
+    grad_tol,
+    make_grad,
+    make_values,
+    to_memory_format,
+)
+
+DRY_RUN = os.environ.get("ALEXNET_CUDA_TESTS_ON") == "cpu"
+DEVICE = "cpu" if DRY_RUN else "cuda"
+BATCH = 2 if DRY_RUN else 128
+
+pytestmark = [] if DRY_RUN else [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+needs_real_gpu = pytest.mark.skipif(DRY_RUN or not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+FORMATS = ["contiguous", "channels_last"]
+CONV1, CONV2, CONV5 = (96, 55, 55), (256, 27, 27), (256, 13, 13)
+
+
+@pytest.fixture(autouse=True)
+def _path():
+    """On the dry run, CPU tensors take the plain-PyTorch path (the interpreter would take hours)."""
+    if DRY_RUN:
+        with kernels.triton_disabled():
+            yield
+    else:
+        yield
+        torch.cuda.empty_cache()
+
+
+def values(shape, kind, seed, dtype, fmt="contiguous", scale=1.0):
+    return to_memory_format(make_values(shape, kind, seed, dtype, scale).to(DEVICE), fmt)
+
+
+def grad(shape, seed, dtype, fmt="contiguous"):
+    return to_memory_format(make_grad(shape, seed, dtype).to(DEVICE), fmt)
+
+
+def fwd_bwd(fn, x, g, *args):
+    xk = x.detach().requires_grad_(g is not None)
+    out = fn(xk, *args)
+    dx = torch.autograd.grad(out, xk, g)[0] if g is not None else None
+    return out.detach(), dx
+
+
+def ref_fwd_bwd(fn, x, g, *args):
+    xr = x.detach().float().requires_grad_(g is not None)
+    out = fn(xr, *args)
+    dx = torch.autograd.grad(out, xr, g.float())[0].to(x.dtype) if g is not None else None
+    return out.detach().to(x.dtype), dx
+
+
+# ------------------------------------------------------------------------------------------ LRN
+
+
+@pytest.mark.parametrize("chw", [CONV1, CONV2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_relu_lrn_alexnet_sizes(chw, dtype, fmt):
+    shape = (BATCH, *chw)
+    x = values(shape, "normal", 1, dtype, fmt, scale=10.0)
+    g = grad(shape, 1, dtype)
+    for lrn in [(5, 1e-4, 0.75, 2.0), (4, 0.5, 0.75, 1.0)]:
+        out, dx = fwd_bwd(kernels.relu_lrn, x, g, *lrn)
+        ref, ref_dx = ref_fwd_bwd(reference.relu_lrn, x, g, *lrn)
+        name = f"relu_lrn {shape} {dtype} {fmt} {lrn}"
+        assert_close_verbose(out, ref, TOLERANCES[dtype], name=name)
+        assert_memory_format(out, x, name)
+        assert_close_verbose(dx, ref_dx, grad_tol(dtype, ref_dx), name=name + " backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_relu_lrn_nan_inf(dtype):
+    x = values((BATCH, *CONV2), "special", 2, dtype)
+    out, _ = fwd_bwd(kernels.relu_lrn, x, None)
+    ref, _ = ref_fwd_bwd(reference.relu_lrn, x, None)
+    assert_close_verbose(out, ref, TOLERANCES[dtype], name=f"relu_lrn nan/inf {dtype}")
+
+
+# ------------------------------------------------------------------------------------- max-pool
+
+
+@pytest.mark.parametrize("chw", [CONV1, CONV2, CONV5])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", ["ties", "special"])
+def test_cuda_max_pool2d_alexnet_sizes(chw, dtype, fmt, kind):
+    shape = (BATCH, *chw)
+    x = values(shape, kind, 3, dtype, fmt)
+    out0 = F.max_pool2d(x, 3, 2)
+    g = grad(out0.shape, 3, dtype)
+    out, dx = fwd_bwd(kernels.max_pool2d, x, g, 3, 2, 0)
+    ref, ref_dx = ref_fwd_bwd(reference.max_pool2d, x, g, 3, 2, 0)
+    name = f"max_pool2d {shape} {dtype} {fmt} {kind}"
+    assert_close_verbose(out, ref, EXACT, name=name)
+    assert torch.equal(bits(out), bits(ref)), name
+    assert_memory_format(out, x, name)
+    # 3x3 stride 2: an input is in up to 4 windows; float32 sums of up to 4 terms, rounded once
+    tol = TOLERANCES[dtype] if dtype == torch.float32 else grad_tol(dtype, ref_dx)
+    assert_close_verbose(dx, ref_dx, tol, name=name + " backward")
+
+
+# ---------------------------------------------------------------------------------- fused block
+
+
+@pytest.mark.parametrize("chw", [CONV1, CONV2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_relu_lrn_max_pool2d_alexnet_sizes(chw, dtype, fmt):
+    shape = (BATCH, *chw)
+    x = values(shape, "normal", 4, dtype, fmt, scale=10.0)
+    lrn = (5, 1e-4, 0.75, 2.0)
+    ambiguous = ambiguous_windows(reference.relu_lrn(x.float(), *lrn), 3, 2, 0, dtype)
+    g = grad(ambiguous.shape, 4, dtype).masked_fill(ambiguous, 0.0)
+    out, dx = fwd_bwd(kernels.relu_lrn_max_pool2d, x, g, *lrn, 3, 2, 0)
+    ref, ref_dx = ref_fwd_bwd(reference.relu_lrn_max_pool2d, x, g, *lrn, 3, 2, 0)
+    name = f"relu_lrn_max_pool2d {shape} {dtype} {fmt}"
+    assert_close_verbose(out, ref, TOLERANCES[dtype], name=name)
+    assert_memory_format(out, x, name)
+    assert_close_verbose(dx, ref_dx, grad_tol(dtype, ref_dx), name=name + " backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_relu_lrn_max_pool2d_saved_bytes(dtype):
+    x = values((BATCH, *CONV2), "normal", 5, dtype).requires_grad_()
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = kernels.relu_lrn_max_pool2d(x)
+    budget = x.numel() * x.element_size() + out.numel()
+    assert sum(storages.values()) <= budget, f"saved {sum(storages.values())} > {budget}"
+
+
+# -------------------------------------------------------------------------------------- dropout
+
+
+@pytest.mark.parametrize("op", [kernels.dropout, kernels.relu_dropout])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_cuda_dropout_fc_size(op, dtype, p):
+    x = values((BATCH, 4096), "normal", 6, dtype)
+    x = torch.where(x == 0, torch.ones_like(x), x)
+    g = grad(x.shape, 6, dtype)
+    out, dx = fwd_bwd(lambda t: op(t, p, True, 1234), x, g)
+    relu = op is kernels.relu_dropout
+    xr = F.relu(x) if relu else x
+    kept = out != 0
+    n = x.numel() if not relu else int((xr != 0).sum())
+    mean, sigma = n * (1 - p), math.sqrt(n * p * (1 - p))
+    assert abs(int(kept.sum()) - mean) <= 6 * sigma, f"kept {int(kept.sum())} of {n}, p={p}"
+    mask = kept | (xr == 0)
+    ref = reference.dropout_with_mask(xr.float(), mask, p).to(dtype)
+    assert_close_verbose(out, ref, TOLERANCES[dtype], name=f"{op.__name__} p={p} {dtype}")
+    ref_dx = reference.dropout_with_mask(g.float(), kept, p).to(dtype)
+    assert_close_verbose(dx, ref_dx, TOLERANCES[dtype], name=f"{op.__name__} p={p} {dtype} backward")
+    again, _ = fwd_bwd(lambda t: op(t, p, True, 1234), x, None)
+    assert torch.equal(again, out), "same seed, different output"
+    other, _ = fwd_bwd(lambda t: op(t, p, True, 4321), x, None)
+    assert not torch.equal(other != 0, kept), "different seeds, same mask"
+
+
+def test_cuda_dropout_seed_none_follows_manual_seed():
+    x = torch.ones(BATCH, 4096, device=DEVICE)
+    torch.manual_seed(5)
+    a = kernels.dropout(x)
+    b = kernels.dropout(x)
+    torch.manual_seed(5)
+    assert torch.equal(kernels.dropout(x), a)
+    assert not torch.equal(a, b)
+    assert torch.initial_seed() == 5
+
+
+@needs_real_gpu
+def test_cuda_dropout_mask_equals_cpu_path_mask():
+    """The module documents that the CPU path draws the same Philox stream as the kernel."""
+    x = torch.ones(3, 5000)
+    with kernels.triton_disabled():
+        cpu = kernels.dropout(x, 0.5, True, 99)
+    gpu = kernels.dropout(x.cuda(), 0.5, True, 99).cpu()
+    assert torch.equal(cpu, gpu)
+
+
+# ------------------------------------------------------------------- int64 indexing (> 2^31 elements)
+
+
+def _need_bytes(n):
+    free, _ = torch.cuda.mem_get_info()
+    if free < n:
+        pytest.skip(f"needs {n / 2**30:.1f} GiB free on the GPU, {free / 2**30:.1f} GiB free")
+
+
+@needs_real_gpu
+def test_cuda_dropout_int64_indexing():
+    n = 2**31 + 4096 * 3
+    _need_bytes(3 * 2 * n + 2**30)
+    x = torch.ones(n, dtype=torch.float16, device="cuda")
+    y = kernels.dropout(x, 0.5, True, 11)
+    head, tail = y[:8192], y[-8192:]
+    assert ((tail == 0) | (tail == 2)).all(), "tail past 2^31 not written correctly"
+    kept = int((tail != 0).sum())
+    assert abs(kept - 4096) <= 6 * math.sqrt(8192 * 0.25), f"tail keep count {kept}"
+    wrapped = y[2**31:2**31 + 8192]
+    assert not torch.equal(wrapped != 0, head != 0), "the mask repeats after 2^31 elements (int32 offsets)"
+    del x, y
+
+
+@needs_real_gpu
+def test_cuda_relu_lrn_and_max_pool2d_int64_indexing():
+    shape = (2, 96, 3400, 3400)  # 2.2e9 elements > 2^31
+    numel = math.prod(shape)
+    _need_bytes(3 * 2 * numel + 2**30)
+    x = torch.randn(shape, dtype=torch.float16, device="cuda")
+    y = kernels.relu_lrn(x, 5, 0.5, 0.75, 2.0)
+    sl = (slice(-1, None), slice(None), slice(-4, None), slice(None))  # the last rows: offsets > 2^31
+    ref = reference.relu_lrn(x[sl].float(), 5, 0.5, 0.75, 2.0).to(x.dtype)
+    assert_close_verbose(y[sl], ref, TOLERANCES[torch.float16], name="relu_lrn past 2^31")
+    del y
+    p = kernels.max_pool2d(x, 3, 2, 0)
+    # output rows 1695..1698 pool input rows 3390..3398
+    ref = F.max_pool2d(x[-1:, :, 3390:3399, :], 3, 2, 0)
+    assert torch.equal(p[-1:, :, -4:, :], ref), "max_pool2d past 2^31"
+
+
+# ---------------------------------------------------------------------------------- two devices
+
+
+@needs_real_gpu
+@pytest.mark.parametrize("name", ["dropout", "relu_dropout"])
+def test_cuda_rejects_tensors_on_two_devices(name):
+    op = getattr(torch.ops.alexnet_triton, name).default
+    x = torch.ones(10, device="cuda")
+    with pytest.raises((RuntimeError, ValueError), match=name):
+        op(x, torch.tensor([1], dtype=torch.int64), 0.5)
+
+
+@needs_real_gpu
+def test_cuda_backward_rejects_grad_on_another_device():
+    ops = torch.ops.alexnet_triton
+    x = torch.randn(1, 4, 5, 5, device="cuda")
+    if hasattr(ops, "relu_lrn_backward"):
+        with pytest.raises((RuntimeError, ValueError), match="relu_lrn"):
+            ops.relu_lrn_backward(torch.ones(1, 4, 5, 5), x, 5, 1e-4, 0.75, 2.0)
+
+
+# ----------------------------------------------------------------------------- opcheck / compile
+
+
+@needs_real_gpu
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_opcheck(fmt):
+    ops = torch.ops.alexnet_triton
+    x = values((2, 8, 9, 9), "normal", 7, torch.float32, fmt).requires_grad_()
+    seed = torch.tensor([3], dtype=torch.int64, device=DEVICE)
+    torch.library.opcheck(ops.relu_lrn.default, (x, 5, 1e-4, 0.75, 2.0))
+    torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [0, 0]))
+    torch.library.opcheck(ops.relu_lrn_max_pool2d.default, (x, 5, 1e-4, 0.75, 2.0, [3, 3], [2, 2], [0, 0]))
+    torch.library.opcheck(ops.dropout.default, (x, seed, 0.5))
+    torch.library.opcheck(ops.relu_dropout.default, (x, seed, 0.5))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_cuda_compile_fullgraph(backend):
+    torch._dynamo.reset()
+
+    def block(x):
+        y = kernels.relu_lrn_max_pool2d(x)  # (N, 96, 27, 27)
+        y = kernels.max_pool2d(kernels.relu_lrn(y), 3, 2)  # (N, 96, 13, 13)
+        return kernels.dropout(kernels.relu_dropout(y.flatten(1), 0.5, True, 1), 0.5, True, 2)
+
+    x = values((8, *CONV1), "normal", 8, torch.float32, scale=10.0)
+    results = []
+    for fn in [block, torch.compile(block, backend=backend, fullgraph=True)]:
+        out, dx = fwd_bwd(fn, x, grad((8, 96 * 13 * 13), 8, torch.float32))
+        results.append((out, dx))
+    (out, dx), (cout, cdx) = results
+    assert_close_verbose(cout, out, TOLERANCES[torch.float32], name=f"compiled {backend}")
+    assert_close_verbose(cdx, dx, grad_tol(torch.float32, dx), name=f"compiled {backend} backward")

@@ -1,0 +1,346 @@
+"""kernels.dropout and kernels.relu_dropout: inverted dropout whose mask is regenerated from a seed.
+
+The reference is ``reference.dropout_with_mask(x, mask, p)`` with the mask recovered from the op's
+output (nonzero where the input was nonzero). Statistics: keep rate within 6 binomial standard
+deviations. Seeds: same seed same mask, different seeds different masks, seed=None follows
+torch.manual_seed without reseeding the global generator."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kernels
+from kernels import reference
+from tests._utils import (
+    PATHS,
+    TOLERANCES,
+    assert_close_verbose,
+    assert_memory_format,
+    custom_op,
+    dtypes,
+    examples,
+    make_grad,
+    make_values,
+    on_path,
+    real_kernels_only,
+    seeds,
+    to_memory_format,
+)
+
+ERRORS = (TypeError, ValueError, RuntimeError)
+OPS = {"dropout": kernels.dropout, "relu_dropout": kernels.relu_dropout}
+probs = st.sampled_from([0.1, 0.3, 0.5, 0.75, 0.9]) | st.floats(0.01, 0.99)
+
+
+@st.composite
+def any_shapes(draw):
+    """Any rank from 0 to 4, small: dropout takes any shape."""
+    rank = draw(st.integers(0, 4))
+    return tuple(draw(st.lists(st.integers(1, 9 if rank > 2 else 70), min_size=rank, max_size=rank)))
+
+
+def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The values of ``x`` as contiguous, channels_last (4-D) or a non-contiguous view."""
+    if kind == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "strided" and x.dim() >= 2:
+        return x.transpose(0, -1).contiguous().transpose(0, -1)
+    if kind == "strided" and x.dim() == 1:
+        big = x.new_full((2 * x.numel(),), float("nan"))
+        big[::2] = x
+        return big[::2]
+    return x.contiguous()
+
+
+def nonzero_values(shape, seed, dtype, negative=True):
+    """Finite nonzero values (so the kept mask is visible in the output)."""
+    x = make_values(shape, "normal", seed, torch.float32)
+    x = torch.where(x.abs() < 0.05, torch.full_like(x, 0.5), x)
+    return (x if negative else x.abs()).to(dtype)
+
+
+def recovered_mask(out, x):
+    """Kept positions, where they can be seen: the output is nonzero exactly where the input was
+    nonzero (after the ReLU for relu_dropout) and kept."""
+    return out != 0
+
+
+def run(path, op_name, x, p, seed, grad_out=None, training=True):
+    with on_path(path):
+        xk = x.detach().requires_grad_(grad_out is not None)
+        out = OPS[op_name](xk, p, training, seed)
+        grad = torch.autograd.grad(out, xk, grad_out)[0] if grad_out is not None else None
+    return out.detach(), grad
+
+
+def scale_tol(dtype):
+    return TOLERANCES[dtype]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@examples(20)
+@given(shape=any_shapes(), dtype=dtypes, p=probs, seed=seeds, data_seed=seeds,
+       lay=st.sampled_from(["contiguous", "channels_last", "strided"]))
+def test_dropout_matches_reference_with_recovered_mask(path, op_name, shape, dtype, p, seed, data_seed, lay):
+    """Forward == dropout_with_mask(x, mask, p), backward == grad_out * mask / (1 - p) with the same
+    mask (the backward regenerates exactly the forward's mask), output in the input's layout."""
+    x = layout(nonzero_values(shape, data_seed, dtype), lay)
+    g = make_grad(shape, data_seed, dtype)
+    out, grad = run(path, op_name, x, p, seed, g)
+    relu = op_name == "relu_dropout"
+    xr = F.relu(x) if relu else x
+    mask = recovered_mask(out, xr) | (xr == 0)  # unseen where relu(x) == 0: the output is 0 anyway
+    name = f"{op_name} {path} {shape} {dtype} p={p} seed={seed} layout={lay}"
+    ref = reference.dropout_with_mask(xr.float(), mask, p).to(dtype)
+    assert_close_verbose(out, ref, scale_tol(dtype), name=name + " forward")
+    assert_memory_format(out, x, name)
+    ref_grad = reference.dropout_with_mask(g.float(), mask & (xr != 0 if relu else True), p).to(dtype)
+    assert_close_verbose(grad, ref_grad, scale_tol(dtype), name=name + " backward")
+    assert torch.equal(grad != 0, out != 0), name + ": backward mask != forward mask"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_keep_rate_within_6_sigma_everywhere(path, op_name, p):
+    """Keep rate over 32768 elements and over each of its 8 chunks (a mask that repeats or freezes
+    from one program to the next fails), and no two chunks share their mask."""
+    n, chunks = 32768, 8
+    x = torch.ones(n)
+    out, _ = run(path, op_name, x, p, seed=2024)
+    kept = (out != 0).float()
+    for part, count in [("all", n)] + [(f"chunk {i}", n // chunks) for i in range(chunks)]:
+        k = kept if part == "all" else kept.view(chunks, -1)[int(part.split()[1])]
+        mean, sigma = count * (1 - p), math.sqrt(count * p * (1 - p))
+        assert abs(float(k.sum()) - mean) <= 6 * sigma, \
+            f"{op_name} p={p} {part}: kept {int(k.sum())} of {count}, expected {mean:.0f} +- {6 * sigma:.0f}"
+    rows = kept.view(chunks, -1)
+    for i in range(chunks):
+        for j in range(i + 1, chunks):
+            assert not torch.equal(rows[i], rows[j]), f"chunks {i} and {j} have the same mask"
+    # neighbours independent: P(both kept) ~ (1-p)^2
+    both = float((kept[1:] * kept[:-1]).sum())
+    mean, sigma = (n - 1) * (1 - p) ** 2, math.sqrt((n - 1) * (1 - p) ** 2 * (1 - (1 - p) ** 2))
+    assert abs(both - mean) <= 8 * sigma, f"adjacent kept pairs {both}, expected {mean:.0f}"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dropout_scales_kept_values_by_one_over_keep_probability(path, op_name, dtype):
+    x = torch.ones(4096, dtype=dtype)
+    for p, scale in [(0.5, 2.0), (0.75, 4.0), (0.2, 1.25)]:
+        out, grad = run(path, op_name, x, p, seed=7, grad_out=torch.ones_like(x))
+        kept = out != 0
+        assert 0 < int(kept.sum()) < 4096
+        assert torch.equal(out[kept], torch.full_like(out[kept], scale)), f"p={p}: {out[kept][:5]}"
+        assert torch.equal(grad[kept], torch.full_like(grad[kept], scale)), f"p={p} grad: {grad[kept][:5]}"
+        assert torch.equal(grad[~kept], torch.zeros_like(grad[~kept]))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_dropout_kept_negative_values(path):
+    """Plain dropout keeps negative values (scaled) and sends their gradient back: a backward that
+    rebuilt the mask as ``output > 0`` would drop them."""
+    x = -torch.rand(8192) - 0.1
+    g = torch.randn(8192)
+    out, grad = run(path, "dropout", x, 0.4, seed=3, grad_out=g)
+    kept = out != 0
+    mean, sigma = 8192 * 0.6, math.sqrt(8192 * 0.24)
+    assert abs(float(kept.sum()) - mean) <= 6 * sigma, f"kept {int(kept.sum())} negative values of 8192"
+    assert (out[kept] < 0).all()
+    assert_close_verbose(out, reference.dropout_with_mask(x, kept, 0.4), TOLERANCES[torch.float32],
+                         name="dropout negative forward")
+    assert_close_verbose(grad, reference.dropout_with_mask(g, kept, 0.4), TOLERANCES[torch.float32],
+                         name="dropout negative backward")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_relu_dropout_negative_values_give_zero_and_no_gradient(path):
+    x = torch.linspace(-3, 3, 6001)
+    out, grad = run(path, "relu_dropout", x, 0.5, seed=4, grad_out=torch.ones_like(x))
+    assert torch.equal(out[x <= 0], torch.zeros_like(out[x <= 0]))
+    assert torch.equal(grad[x <= 0], torch.zeros_like(grad[x <= 0]))
+    kept = out != 0
+    assert torch.equal(grad != 0, kept)
+    assert_close_verbose(out, reference.dropout_with_mask(F.relu(x), kept, 0.5), TOLERANCES[torch.float32],
+                         name="relu_dropout forward")
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+def test_dropout_same_seed_same_mask_different_seeds_different_masks(path, op_name):
+    x = torch.ones(2, 3000)
+    a, _ = run(path, op_name, x, 0.5, seed=123)
+    b, _ = run(path, op_name, x, 0.5, seed=123)
+    assert torch.equal(a, b), "same seed, different outputs"
+    # the mask depends on the seed and position, not on the values
+    y = torch.full_like(x, 3.0)
+    c, _ = run(path, op_name, y, 0.5, seed=123)
+    assert torch.equal(c != 0, a != 0), "same seed, different mask for other values"
+    for s1, s2 in [(123, 124), (0, 1), (1, 2**32 + 1), (2**40, 2**40 + 7)]:
+        m1 = run(path, op_name, x, 0.5, seed=s1)[0] != 0
+        m2 = run(path, op_name, x, 0.5, seed=s2)[0] != 0
+        agree = float((m1 == m2).float().mean())
+        assert 0.4 < agree < 0.6, f"seeds {s1} and {s2}: masks agree on {agree:.3f} of elements (expect ~0.5)"
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+def test_dropout_seed_none_follows_manual_seed_without_reseeding(path, op_name):
+    """seed=None draws from torch's generator: torch.manual_seed makes it reproducible, consecutive
+    calls differ, torch.initial_seed() is untouched (no reseeding), and an explicit seed leaves the
+    generator's state alone."""
+    x = torch.ones(4096)
+    state = torch.get_rng_state()
+    try:
+        torch.manual_seed(77)
+        a1, _ = run(path, op_name, x, 0.5, seed=None)
+        a2, _ = run(path, op_name, x, 0.5, seed=None)
+        after = torch.rand(4)
+        assert torch.initial_seed() == 77, f"the op reseeded the global generator ({torch.initial_seed()})"
+        torch.manual_seed(77)
+        b1, _ = run(path, op_name, x, 0.5, seed=None)
+        b2, _ = run(path, op_name, x, 0.5, seed=None)
+        assert torch.equal(a1, b1) and torch.equal(a2, b2), "torch.manual_seed does not reproduce the masks"
+        assert not torch.equal(a1 != 0, a2 != 0), "consecutive calls with seed=None gave the same mask"
+        assert torch.equal(after, torch.rand(4)), "the generator's stream differs after the same calls"
+        torch.manual_seed(78)
+        assert not torch.equal(run(path, op_name, x, 0.5, seed=None)[0], a1), "other manual_seed, same mask"
+        before = torch.get_rng_state()
+        run(path, op_name, x, 0.5, seed=5)
+        assert torch.equal(torch.get_rng_state(), before), "an explicit seed changed the global generator"
+    finally:
+        torch.set_rng_state(state)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dropout_identity_when_not_training_or_p_zero(path, op_name, dtype):
+    x = make_values((2, 3, 5, 7), "special", 9, dtype)
+    expected = F.relu(x) if op_name == "relu_dropout" else x
+    g = make_grad(x.shape, 9, dtype)
+    for p, training in [(0.0, True), (0.5, False), (1.0, False), (0.0, False)]:
+        out, grad = run(path, op_name, x, p, seed=1, grad_out=g, training=training)
+        assert_close_verbose(out, expected, TOLERANCES[dtype], name=f"{op_name} p={p} training={training}")
+        assert torch.equal(out.nan_to_num(), expected.nan_to_num())
+        expected_grad = torch.where(x > 0, g, torch.zeros_like(g)) if op_name == "relu_dropout" else g
+        assert torch.equal(grad, expected_grad), f"{op_name} p={p} training={training} backward"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dropout_p_one_gives_zeros(path, op_name, dtype):
+    x = nonzero_values((3, 333), 10, dtype)
+    out, grad = run(path, op_name, x, 1.0, seed=1, grad_out=torch.ones_like(x))
+    assert torch.equal(out, torch.zeros_like(x)) and out.dtype == dtype
+    assert torch.equal(grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_nan_inf_propagate_as_in_the_reference(path, op_name, dtype):
+    """The mask depends on the seed and position only: take it from a finite input, then the output
+    on NaN / inf inputs must equal dropout_with_mask's (NaN * 0 = NaN where dropped, as PyTorch's)."""
+    x = make_values((4, 500), "special", 11, dtype)
+    finite = torch.where(torch.isfinite(x) & (x != 0), x, torch.ones_like(x)).abs()
+    mask = run(path, op_name, finite, 0.5, seed=99)[0] != 0
+    out, _ = run(path, op_name, x, 0.5, seed=99)
+    xr = F.relu(x) if op_name == "relu_dropout" else x
+    ref = reference.dropout_with_mask(xr.float(), mask, 0.5).to(dtype)
+    assert_close_verbose(out, ref, TOLERANCES[dtype], name=f"{op_name} nan/inf {dtype}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+def test_dropout_tiny_and_empty_shapes(path, op_name):
+    for shape in [(), (1,), (3,), (0,), (0, 4096), (2, 0, 3)]:
+        x = torch.full(shape, 2.0, requires_grad=True)
+        with on_path(path):
+            out = OPS[op_name](x, 0.5, True, 5)
+            assert out.shape == x.shape and out.dtype == x.dtype
+            out.sum().backward()
+        assert x.grad.shape == x.shape
+        assert ((out == 0) | (out == 4.0)).all()
+        assert torch.equal(x.grad != 0, out != 0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("p", [0.3, 0.5])
+def test_dropout_gradcheck_float64(path, op_name, p):
+    x = nonzero_values((3, 7, 5), 12, torch.float64).requires_grad_()
+    with on_path(path):
+        assert torch.autograd.gradcheck(lambda t: OPS[op_name](t, p, True, 1234), (x,), eps=1e-6,
+                                        atol=1e-8, rtol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_dropout_opcheck(op_name, fmt):
+    op = custom_op(op_name)
+    x = to_memory_format(nonzero_values((2, 3, 5, 6), 13, torch.float32), fmt).requires_grad_()
+    torch.library.opcheck(op, (x, torch.tensor([42], dtype=torch.int64), 0.5))
+    torch.library.opcheck(op, (x, torch.tensor([7], dtype=torch.int64), 0.25))
+
+
+def saved_storages(fn, x):
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = (s.nbytes(), t.dtype, tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(x)
+    return storages, out
+
+
+@real_kernels_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_dropout_saves_only_its_output(dtype):
+    x = nonzero_values((16, 300), 14, dtype).requires_grad_()
+    storages, out = saved_storages(lambda t: kernels.relu_dropout(t, 0.5, True, 3), x)
+    activation = {ptr: v for ptr, v in storages.items() if v[0] >= x.numel()}
+    assert list(activation) == [out.untyped_storage().data_ptr()], \
+        f"relu_dropout saved {list(storages.values())}, expected only its output"
+    extra = sum(v[0] for ptr, v in storages.items() if ptr not in activation)
+    assert extra <= 64, f"relu_dropout saved {extra} more bytes: {list(storages.values())}"
+
+
+@real_kernels_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_saves_no_activation_sized_tensor(dtype):
+    x = nonzero_values((16, 300), 15, dtype).requires_grad_()
+    storages, out = saved_storages(lambda t: kernels.dropout(t, 0.5, True, 3), x)
+    total = sum(v[0] for v in storages.values())
+    assert total <= 64, f"dropout saved {total} bytes (mask or activation?): {list(storages.values())}"
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), float("inf")])
+def test_dropout_rejects_p_outside_0_1(path, op_name, p):
+    with on_path(path), pytest.raises(ERRORS, match=op_name):
+        OPS[op_name](torch.ones(10), p, True, 1)
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
+def test_dropout_rejects_integer_dtypes(path, op_name, dtype):
+    with on_path(path), pytest.raises(ERRORS, match=op_name):
+        OPS[op_name](torch.ones(10, dtype=dtype), 0.5, True, 1)

@@ -1,0 +1,175 @@
+"""kernels.relu_lrn == F.local_response_norm(F.relu(x), size, alpha, beta, k): forward, backward,
+NaN / inf, dtypes, memory formats, gradcheck, opcheck, bad and empty input."""
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import kernels
+from kernels import reference
+from tests._utils import (
+    PATHS,
+    TOLERANCES,
+    assert_close_verbose,
+    assert_memory_format,
+    custom_op,
+    dtypes,
+    examples,
+    grad_tol,
+    lrn_alphas,
+    lrn_betas,
+    lrn_ks,
+    lrn_sizes,
+    make_grad,
+    make_values,
+    memory_formats,
+    nchw_shapes,
+    on_path,
+    op_forward_backward,
+    real_kernels_only,
+    ref_forward_backward,
+    seeds,
+    to_memory_format,
+    value_kinds,
+)
+
+
+def check_relu_lrn(path, shape, dtype, fmt, grad_fmt, kind, seed, size, alpha, beta, k, scale=1.0):
+    x = to_memory_format(make_values(shape, kind, seed, dtype, scale), fmt)
+    finite = bool(torch.isfinite(x).all())
+    grad_out_fn = None
+    if finite:
+        def grad_out_fn(out):
+            return to_memory_format(make_grad(out.shape, seed, dtype), grad_fmt)
+    with on_path(path):
+        out, grad, g = op_forward_backward(kernels.relu_lrn, x, grad_out_fn, size, alpha, beta, k)
+    ref, ref_grad = ref_forward_backward(reference.relu_lrn, x, g, size, alpha, beta, k)
+    name = f"relu_lrn {path} {tuple(shape)} {dtype} {fmt} {kind} size={size} alpha={alpha} beta={beta} k={k}"
+    assert_close_verbose(out, ref, TOLERANCES[dtype], name=name + " forward")
+    assert_memory_format(out, x, name)
+    if finite:
+        assert_close_verbose(grad, ref_grad, grad_tol(dtype, ref_grad), name=name + " backward")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@examples(20)
+@given(shape=nchw_shapes(), dtype=dtypes, fmt=memory_formats, grad_fmt=memory_formats, kind=value_kinds,
+       seed=seeds, size=lrn_sizes, alpha=lrn_alphas, beta=lrn_betas, k=lrn_ks,
+       scale=st.sampled_from([1.0, 10.0]))
+# the paper's conv1 / conv2 blocks at toy sizes, and C < size
+@example(shape=(2, 24, 7, 7), dtype=torch.float32, fmt="contiguous", grad_fmt="contiguous", kind="normal",
+         seed=0, size=5, alpha=1e-4, beta=0.75, k=2.0, scale=10.0)
+@example(shape=(1, 3, 5, 4), dtype=torch.float16, fmt="channels_last", grad_fmt="contiguous",
+         kind="normal", seed=1, size=6, alpha=1.0, beta=0.75, k=2.0, scale=1.0)
+def test_relu_lrn_matches_reference(path, shape, dtype, fmt, grad_fmt, kind, seed, size, alpha, beta, k,
+                                    scale):
+    check_relu_lrn(path, shape, dtype, fmt, grad_fmt, kind, seed, size, alpha, beta, k, scale)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 6, 9])
+@pytest.mark.parametrize("channels", [1, 3, 7])
+def test_relu_lrn_window_edges(path, size, channels):
+    """Every size against few channels (window wider than C, asymmetric even windows), large alpha
+    so that a wrong window changes the result well beyond rounding."""
+    check_relu_lrn(path, (1, channels, 3, 2), torch.float32, "contiguous", "contiguous", "normal",
+                   seed=size * 10 + channels, size=size, alpha=1.0, beta=0.75, k=1.0, scale=2.0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("size", [2, 5, 8, 9])
+def test_relu_lrn_many_channels(path, fmt, size):
+    """70 channels: kernels that tile or walk the channels in chunks (of 8, 32, ...) see whole and
+    partial chunks and windows that straddle two of them."""
+    check_relu_lrn(path, (1, 70, 3, 5), torch.float32, fmt, "contiguous", "normal", seed=size,
+                   size=size, alpha=1.0, beta=0.75, k=1.0, scale=2.0)
+    check_relu_lrn(path, (1, 70, 3, 5), torch.bfloat16, fmt, fmt, "normal", seed=size + 1,
+                   size=size, alpha=0.1, beta=0.75, k=2.0, scale=5.0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_relu_lrn_default_arguments(path):
+    x = make_values((2, 8, 5, 5), "normal", 3) * 20
+    with on_path(path):
+        out = kernels.relu_lrn(x)
+    assert_close_verbose(out, reference.relu_lrn(x, 5, 1e-4, 0.75, 2.0), TOLERANCES[torch.float32],
+                         name="relu_lrn defaults")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_relu_lrn_nan_inf_propagate_across_the_window(path, dtype):
+    """NaN in one channel makes its whole window NaN; +inf gives NaN at itself, 0 beside it; -inf
+    and NaN go through the ReLU as 0 and NaN."""
+    x = torch.ones(1, 9, 2, 2, dtype=dtype)
+    x[0, 2, 0, 0] = float("nan")
+    x[0, 6, 0, 1] = float("inf")
+    x[0, 4, 1, 0] = float("-inf")
+    x[0, 0, 1, 1] = -0.0
+    with on_path(path):
+        out = kernels.relu_lrn(x, 3, 0.5, 0.75, 2.0)
+    ref, _ = ref_forward_backward(reference.relu_lrn, x, None, 3, 0.5, 0.75, 2.0)
+    assert out[0, 1:4, 0, 0].isnan().all(), out[0, :, 0, 0]
+    assert_close_verbose(out, ref, TOLERANCES[dtype], name=f"relu_lrn nan/inf {dtype}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("lrn", [(5, 1e-4, 0.75, 2.0), (4, 0.7, 0.6, 1.0), (9, 1.5, 1.0, 0.5)])
+def test_relu_lrn_gradcheck_float64(path, fmt, lrn):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 6, 2, 3, generator=g, dtype=torch.float64)
+    x = torch.where(x.abs() < 0.1, x.sign() * 0.5, x)  # away from the ReLU's kink
+    x = to_memory_format(x, fmt).requires_grad_()
+    with on_path(path):
+        assert torch.autograd.gradcheck(lambda t: kernels.relu_lrn(t, *lrn), (x,), eps=1e-6, atol=1e-6,
+                                        rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_relu_lrn_opcheck(fmt):
+    op = custom_op("relu_lrn")
+    x = to_memory_format(make_values((2, 7, 3, 4), "normal", 5), fmt).requires_grad_()
+    torch.library.opcheck(op, (x, 5, 1e-4, 0.75, 2.0))
+    torch.library.opcheck(op, (x, 4, 0.5, 0.5, 1.0))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_relu_lrn_empty_input(path, dtype):
+    for shape in [(0, 8, 5, 5), (2, 0, 5, 5), (2, 8, 0, 3)]:
+        x = torch.empty(shape, dtype=dtype, requires_grad=True)
+        with on_path(path):
+            out = kernels.relu_lrn(x)
+            assert out.shape == shape and out.dtype == dtype
+            out.sum().backward()
+        assert x.grad.shape == shape
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
+def test_relu_lrn_rejects_integer_dtypes(path, dtype):
+    x = torch.ones(1, 4, 3, 3, dtype=dtype)
+    with on_path(path), pytest.raises((TypeError, ValueError, RuntimeError), match="relu_lrn"):
+        kernels.relu_lrn(x)
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", [(4, 3, 3), (12,), (), (1, 4, 3, 3, 2)])
+def test_relu_lrn_rejects_wrong_rank(path, shape):
+    x = torch.ones(shape)
+    with on_path(path), pytest.raises((TypeError, ValueError, RuntimeError), match="relu_lrn"):
+        kernels.relu_lrn(x)
+
+
+@real_kernels_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("size", [0, -1, -5])
+def test_relu_lrn_rejects_size_below_one(path, size):
+    x = torch.ones(1, 4, 3, 3)
+    with on_path(path), pytest.raises((TypeError, ValueError, RuntimeError), match="relu_lrn"):
+        kernels.relu_lrn(x, size)
