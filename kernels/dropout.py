@@ -22,7 +22,7 @@ _MASK32 = 0xFFFFFFFF
 # ------------------------------------------------------------------------------------- kernels
 
 if triton is not None:
-    from .lrn import _relu, _upcast
+    from ._jit import _relu, _upcast
 
     @triton.jit
     def _keep(seed, offs, threshold):

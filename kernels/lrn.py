@@ -27,44 +27,7 @@ from ._common import (
 # ------------------------------------------------------------------------------------- kernels
 
 if triton is not None:
-
-    @triton.jit
-    def _upcast(v):
-        # float64 stays float64 (for gradcheck); everything else is computed in float32
-        if v.dtype == tl.float64:
-            return v
-        else:
-            return v.to(tl.float32)
-
-    @triton.jit
-    def _acc_zeros(t, ref_ptr):
-        # zeros shaped like t in the compute dtype of ref_ptr's elements (float64 or float32)
-        z = tl.zeros(t.shape, tl.float32)
-        if ref_ptr.dtype.element_ty == tl.float64:
-            z = z.to(tl.float64)
-        return z
-
-    @triton.jit
-    def _relu(v):
-        # relu that keeps NaN, like torch.relu: NaN < 0 is false
-        return tl.where(v < 0, 0.0, v)
-
-    @triton.jit
-    def _pow(s, e):
-        # s ** e for s >= 0 (s = 0 gives 0 ** e, inf ** e as IEEE pow)
-        return tl.exp2(e * tl.log2(s))
-
-    @triton.jit
-    def _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo):
-        """sum over c' in [c - lo, c - lo + size) of relu(x[c'])^2, for a tile of channels c and
-        spatial offsets sp_off; channels outside [0, C) count as 0 (PyTorch's zero padding)."""
-        acc = _acc_zeros(valid, x_ptr)
-        for j in range(size):
-            cc = c + (j - lo)
-            m = valid & (cc >= 0) & (cc < C)
-            v = _relu(_upcast(tl.load(x_ptr + base + cc.to(tl.int64) * s_c + sp_off, mask=m, other=0.0)))
-            acc += v * v
-        return acc
+    from ._jit import _acc_zeros, _gather_pool_grad, _pow, _relu, _upcast, _window_sumsq
 
     @triton.jit
     def _relu_lrn_fwd_kernel(
@@ -137,6 +100,75 @@ if triton is not None:
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
 
 
+    # The same backward for NCHW inputs, walking the channels in order instead of re-reading each
+    # window: a program owns BLOCK_HW pixels and CHUNK channels, and keeps three rings of `size` rows
+    # in registers (slot = channel mod size): R holds r^2 (so s_j is the sum of R), T holds t and A
+    # holds g * s^-beta. At step i it loads channel i, finishes t_j for j = i - hi, and writes dx_c for
+    # c = i - size + 1, whose window of t's is then exactly T. Sums never subtract, so inf and NaN
+    # behave as in the direct formula. Per element: x three times and g once, all from L1/L2.
+    # POOL: g is the gradient gathered through the max-pool's argmax (relu_lrn_max_pool2d); else dy.
+    @triton.jit
+    def _lrn_bwd_seq_kernel(
+        x_ptr,  # *T (N, C, H, W) the forward's input, NCHW dense
+        dy_ptr,  # *T gradient of the output: (N, C, H, W), or (N, C, OH, OW) when POOL
+        am_ptr,  # *u8|i32 (N, C, OH, OW) the pool's argmax (read only when POOL)
+        dx_ptr,  # *T (N, C, H, W) gradient of the input, same strides as x
+        C, H, W, OH, OW,  # channels, input height and width, pooled height and width
+        s_n, s_c, s_h, s_w,  # strides of x, dx (and dy unless POOL) in elements
+        o_n, o_c, o_h, o_w,  # strides of dy and am when POOL, in elements
+        KH, KW, SH, SW, PH, PW,  # pooling kernel, stride, padding (used only when POOL)
+        size, lo, alpha_n, beta, k,  # LRN window, channels before c, alpha / size, exponent, constant
+        POOL: tl.constexpr,
+        NWIN: tl.constexpr,  # with POOL: >= ceil(kernel / stride), the windows per axis holding a pixel
+        RING: tl.constexpr,  # rows of each ring: a power of two >= size
+        CHUNK: tl.constexpr, BLOCK_HW: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)
+        pid_hw = tl.program_id(1)
+        n = tl.program_id(2)
+        hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]  # (1, BLOCK_HW)
+        in_hw = hw < H * W
+        ih = hw // W
+        iw = hw % W
+        x_base = n.to(tl.int64) * s_n
+        o_base = n.to(tl.int64) * o_n
+        sp_off = ih.to(tl.int64) * s_h + iw.to(tl.int64) * s_w
+        rows = tl.arange(0, RING)[:, None]  # (RING, 1)
+        R = _acc_zeros(rows + hw, x_ptr)  # (RING, BLOCK_HW)
+        T = R
+        A = R
+        hi = size - 1 - lo
+        c0 = pid_c * CHUNK
+        c_end = tl.minimum(c0 + CHUNK, C)
+        base = c0 - 2 * size  # below every channel index used here, so (ch - base) % size >= 0
+        coef = 2.0 * alpha_n * beta
+        for i in range(c0 - size + 1, c_end + size - 1):
+            m_i = in_hw & (i >= 0) & (i < C)
+            r_i = _relu(_upcast(tl.load(x_ptr + x_base + i * s_c + sp_off, mask=m_i, other=0.0)))
+            R = tl.where(rows == (i - base) % size, r_i * r_i, R)
+
+            j = i - hi  # R now holds channels [j - lo, j + hi]: s_j is complete
+            m_j = in_hw & (j >= 0) & (j < C)
+            s_j = k + alpha_n * tl.sum(R, axis=0)[None, :]
+            r_j = _relu(_upcast(tl.load(x_ptr + x_base + j * s_c + sp_off, mask=m_j, other=0.0)))
+            if POOL:
+                g_j = _gather_pool_grad(dy_ptr, am_ptr, o_base, j, ih, iw, m_j, OH, OW, o_c, o_h, o_w,
+                                        KH, KW, SH, SW, PH, PW, NWIN, NWIN)
+            else:
+                g_j = _upcast(tl.load(dy_ptr + x_base + j * s_c + sp_off, mask=m_j, other=0.0))
+            slot_j = rows == (j - base) % size
+            T = tl.where(slot_j, tl.where(m_j, g_j * r_j * _pow(s_j, -beta - 1.0), 0.0), T)
+            A = tl.where(slot_j, tl.where(m_j, g_j * _pow(s_j, -beta), 0.0), A)
+
+            c = i - size + 1  # T now holds t over [c - hi, c + lo]
+            m_c = in_hw & (c >= c0) & (c < c_end)
+            offs_c = x_base + c * s_c + sp_off
+            x_c = _upcast(tl.load(x_ptr + offs_c, mask=m_c, other=0.0))
+            a_c = tl.sum(tl.where(rows == (c - base) % size, A, 0.0), axis=0)[None, :]
+            dx = tl.where(x_c > 0, a_c - coef * _relu(x_c) * tl.sum(T, axis=0)[None, :], 0.0)
+            tl.store(dx_ptr + offs_c, dx.to(dx_ptr.dtype.element_ty), mask=m_c)
+
+
 # ------------------------------------------------------------------------------------ launchers
 
 # NCHW: tiles long along the contiguous H*W axis; channels_last: long along the contiguous C axis.
@@ -144,6 +176,29 @@ _CONFIGS = {
     torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=128), num_warps=4),
     torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
 }
+# The channel-walking backward for NCHW, for windows of up to 8 channels (one config per ring size).
+# BLOCK_HW = 32 * num_warps keeps each ring's rows inside one thread.
+# With pooling, for windows that overlap at most twice per axis (kernel <= 2 * stride: AlexNet's 3/2).
+SEQ_MAX_SIZE = 8
+SEQ_CONFIGS = {(ring, pool, nwin): Config(dict(RING=ring, POOL=pool, NWIN=nwin, CHUNK=32, BLOCK_HW=128),
+                                          num_warps=4)
+               for ring in (1, 2, 4, 8) for pool, nwin in ((False, 1), (True, 1), (True, 2))}
+
+
+def _windows_per_axis(pool) -> int:
+    kernel, stride, _ = pool
+    return max(-(-kernel[0] // stride[0]), -(-kernel[1] // stride[1]))
+
+
+def use_seq_backward(fmt, size: int, pool=None) -> bool:
+    """pool: None, or (kernel, stride, padding) of the fused block."""
+    return (fmt == torch.contiguous_format and size <= SEQ_MAX_SIZE
+            and (pool is None or _windows_per_axis(pool) <= 2))
+
+
+def seq_config(size: int, pool) -> Config:
+    return SEQ_CONFIGS[(triton.next_power_of_2(size), pool is not None,
+                        1 if pool is None else _windows_per_axis(pool))]
 
 
 def _lrn_window(size: int) -> int:
@@ -156,6 +211,18 @@ def _launch(kernel, tensors, x: torch.Tensor, fmt, size, alpha, beta, k) -> None
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]), triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]), n)
     kernel[grid](*tensors, c, h * w, x.stride(0), x.stride(1), x.stride(3), size, _lrn_window(size),
                  alpha / size, beta, k, **cfg.constexprs, num_warps=cfg.num_warps)
+
+
+def launch_seq_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
+    """pool: None (relu_lrn) or (kernel, stride, padding) for the fused block, whose dy and am are
+    pooled-shaped."""
+    n, c, h, w = x.shape
+    cfg = seq_config(size, pool)
+    grid = (triton.cdiv(c, cfg.constexprs["CHUNK"]), triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]), n)
+    kernel, stride, padding = pool or ((1, 1), (1, 1), (0, 0))  # ignored without pooling
+    _lrn_bwd_seq_kernel[grid](x, dy, dx if am is None else am, dx, c, h, w, dy.shape[2], dy.shape[3],
+                              *x.stride(), *dy.stride(), *kernel, *stride, *padding, size, _lrn_window(size),
+                              alpha / size, beta, k, **cfg.constexprs, num_warps=cfg.num_warps)
 
 
 def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -213,7 +280,10 @@ def _relu_lrn_backward(dy, x, size, alpha, beta, k):
         return dx
     if not use_triton(x):
         return dx.copy_(lrn_backward_torch(x, dy, size, alpha, beta, k))
-    _launch(_relu_lrn_bwd_kernel, (x, dy, dx), x, fmt, size, alpha, beta, k)
+    if use_seq_backward(fmt, size):
+        launch_seq_backward(x, dy, None, dx, None, size, alpha, beta, k)
+    else:
+        _launch(_relu_lrn_bwd_kernel, (x, dy, dx), x, fmt, size, alpha, beta, k)
     return dx
 
 
@@ -279,8 +349,19 @@ def _signature(kernel_name: str, dtype: str) -> dict:
     return sig
 
 
+def _seq_signature(dtype: str) -> dict:
+    sig = {"x_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "am_ptr": "*u8", "dx_ptr": f"*{dtype}"}
+    sig.update({name: "i32" for name in ("C", "H", "W", "OH", "OW")})
+    sig.update({name: "i64" for name in ("s_n", "s_c", "s_h", "s_w", "o_n", "o_c", "o_h", "o_w")})
+    sig.update({name: "i32" for name in ("KH", "KW", "SH", "SW", "PH", "PW", "size", "lo")})
+    sig.update(alpha_n="fp32", beta="fp32", k="fp32")
+    sig.update({name: "constexpr" for name in ("POOL", "NWIN", "RING", "CHUNK", "BLOCK_HW")})
+    return sig
+
+
 if triton is not None:
     register_kernel("relu_lrn_fwd", _relu_lrn_fwd_kernel, _CONFIGS.values(),
                     lambda dtype: _signature("relu_lrn_fwd", dtype))
     register_kernel("relu_lrn_bwd", _relu_lrn_bwd_kernel, _CONFIGS.values(),
                     lambda dtype: _signature("relu_lrn_bwd", dtype))
+    register_kernel("lrn_bwd_seq", _lrn_bwd_seq_kernel, SEQ_CONFIGS.values(), _seq_signature)

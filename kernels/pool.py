@@ -30,12 +30,12 @@ from ._common import (
     triton,
     use_triton,
 )
-from .lrn import _lrn_window, lrn_backward_torch, lrn_forward_torch
+from .lrn import _lrn_window, launch_seq_backward, lrn_backward_torch, lrn_forward_torch, use_seq_backward
 
 # ------------------------------------------------------------------------------------- kernels
 
 if triton is not None:
-    from .lrn import _acc_zeros, _pow, _relu, _upcast, _window_sumsq
+    from ._jit import _acc_zeros, _gather_pool_grad, _pow, _relu, _upcast, _window_sumsq
 
     @triton.jit
     def _pool_fwd_kernel(
@@ -84,31 +84,6 @@ if triton is not None:
         tl.store(y_ptr + o_off, best.to(y_ptr.dtype.element_ty), mask=valid)
         tl.store(am_ptr + o_off, arg.to(am_ptr.dtype.element_ty), mask=valid)
 
-    @triton.jit
-    def _gather_pool_grad(dy_ptr, am_ptr, o_base, c, ih, iw, mask, OH, OW, o_c, o_h, o_w,
-                          KH, KW, SH, SW, PH, PW):
-        """Gradient reaching input (c, ih, iw) from the windows whose argmax it is, summed in the
-        windows' row-major order (as PyTorch's gather does)."""
-        g = _acc_zeros(mask, dy_ptr)
-        oh_last = (ih + PH) // SH  # the last window row that can contain ih
-        ow_last = (iw + PW) // SW
-        NH = (KH + SH - 1) // SH  # windows per row / column that can contain one position
-        NW = (KW + SW - 1) // SW
-        c_off = c.to(tl.int64) * o_c
-        for a in range(NH):
-            oh = oh_last - (NH - 1) + a
-            kh = ih + PH - oh * SH
-            ok_h = mask & (oh >= 0) & (oh < OH) & (kh < KH)
-            for b in range(NW):
-                ow = ow_last - (NW - 1) + b
-                kw = iw + PW - ow * SW
-                m = ok_h & (ow >= 0) & (ow < OW) & (kw < KW)
-                off = o_base + c_off + oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w
-                am = tl.load(am_ptr + off, mask=m, other=-1).to(tl.int32)
-                hit = m & (am == kh * KW + kw)
-                g += _upcast(tl.load(dy_ptr + off, mask=hit, other=0.0))
-        return g
-
     # Fused backward. g = gradient of the LRN output (gathered from the pooled gradient), then, with
     # t_c = g_c * r_c * s_c^(-beta-1) (see lrn.py):
     #   dx_c = [x_c > 0] * (g_c * s_c^-beta - 2 * (alpha/size) * beta * r_c * sum_{c' in [c-hi, c+lo]} t_c')
@@ -138,6 +113,8 @@ if triton is not None:
         o_base = n.to(tl.int64) * o_n
         sp_off = ih.to(tl.int64) * s_h + iw.to(tl.int64) * s_w
         offs = x_base + c.to(tl.int64) * s_c + sp_off
+        NH = (KH + SH - 1) // SH  # windows per row / column that can contain one position
+        NW = (KW + SW - 1) // SW
         if FUSE_LRN:
             hi = size - 1 - lo
             t_sum = _acc_zeros(valid, x_ptr)
@@ -150,7 +127,7 @@ if triton is not None:
                 r_cp = _relu(_upcast(tl.load(x_ptr + x_base + cp.to(tl.int64) * s_c + sp_off, mask=m,
                                              other=0.0)))
                 g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, OH, OW, o_c, o_h, o_w,
-                                         KH, KW, SH, SW, PH, PW)
+                                         KH, KW, SH, SW, PH, PW, NH, NW)
                 t_sum += tl.where(m, g_cp * r_cp * _pow(s_cp, -beta - 1.0), 0.0)
                 s_self = tl.where(d == hi, s_cp, s_self)
                 g_self = tl.where(d == hi, g_cp, g_self)
@@ -159,7 +136,7 @@ if triton is not None:
             dx = tl.where(x > 0, dr, 0.0)
         else:
             dx = _gather_pool_grad(dy_ptr, am_ptr, o_base, c, ih, iw, valid, OH, OW, o_c, o_h, o_w,
-                                   KH, KW, SH, SW, PH, PW)
+                                   KH, KW, SH, SW, PH, PW, NH, NW)
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
 
 
@@ -251,6 +228,9 @@ def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
         g.scatter_add_(1, flat, dy.reshape(n * c, -1).to(compute))
         g = g.view(n, c, h, w)
         return dx.copy_(g if lrn is None else lrn_backward_torch(x, g, *lrn))
+    if lrn is not None and use_seq_backward(fmt, lrn[0], (kernel, stride, padding)):
+        launch_seq_backward(x, dy, am, dx, (kernel, stride, padding), *lrn)
+        return dx
     cfg = _BWD_CONFIGS[fmt]
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]), triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]), n)
     _pool_bwd_kernel[grid](

@@ -20,25 +20,36 @@ _SCRIPT = textwrap.dedent(r"""
     from kernels._common import KERNELS
 
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    results = []
-    for name, (fn, configs, signature) in sorted(KERNELS.items()):
-        for cfg in configs:
-            for dtype in ("fp32", "fp16", "bf16", "fp64"):
-                for arch, gpu in ((80, "sm_80"), (90, "sm_90a")):
-                    src = ASTSource(fn=fn, signature=signature(dtype), constexprs=cfg.constexprs)
-                    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                              options={"num_warps": cfg.num_warps})
-                    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-                        f.write(compiled.asm["ptx"])
-                    out = subprocess.run([ptxas, "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
-                                         capture_output=True, text=True)
-                    os.unlink(f.name)
-                    spills = [int(a) + int(b) for a, b in
-                              re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out.stderr)]
-                    regs = [int(r) for r in re.findall(r"Used (\d+) registers", out.stderr)]
-                    results.append(dict(kernel=name, config=str(cfg.constexprs), dtype=dtype, arch=gpu,
-                                        rc=out.returncode, spills=spills, regs=regs,
-                                        has_cubin=bool(compiled.asm.get("cubin"))))
+    # the flags the installed Triton itself gives ptxas, so the spill count is the real build's
+    import inspect
+    from triton.backends.nvidia import compiler as nvc
+    flags = ["-lineinfo", "-v"]
+    if "regAllocOptLevel=2" in inspect.getsource(nvc):
+        flags.append("--regAllocOptLevel=2")
+    def build(job):
+        name, index, dtype, arch, gpu = job
+        fn, configs, signature = KERNELS[name]
+        cfg = configs[index]
+        src = ASTSource(fn=fn, signature=signature(dtype), constexprs=cfg.constexprs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": cfg.num_warps})
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(compiled.asm["ptx"])
+        out = subprocess.run([ptxas, *flags, f"--gpu-name={gpu}", f.name, "-o", os.devnull],
+                             capture_output=True, text=True)
+        os.unlink(f.name)
+        spills = [int(a) + int(b) for a, b in
+                  re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out.stderr)]
+        regs = [int(r) for r in re.findall(r"Used (\d+) registers", out.stderr)]
+        return dict(kernel=name, config=str(cfg.constexprs), dtype=dtype, arch=gpu, rc=out.returncode,
+                    spills=spills, regs=regs, has_cubin=bool(compiled.asm.get("cubin")))
+
+    jobs = [(name, i, dtype, arch, gpu)
+            for name, (_, configs, _) in sorted(KERNELS.items()) for i in range(len(configs))
+            for dtype in ("fp32", "fp16", "bf16", "fp64") for arch, gpu in ((80, "sm_80"), (90, "sm_90a"))]
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(max(1, os.cpu_count() or 1)) as pool:
+        results = pool.map(build, jobs, chunksize=4)
     print(json.dumps(results))
 """)
 

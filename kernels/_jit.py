@@ -1,0 +1,74 @@
+"""Small @triton.jit helpers shared by the kernels (inlined by Triton where they are called)."""
+
+from ._common import tl, triton
+
+# Importing this module needs Triton: the op modules import it only when Triton is present.
+
+
+@triton.jit
+def _upcast(v):
+    # float64 stays float64 (for gradcheck); everything else is computed in float32
+    if v.dtype == tl.float64:
+        return v
+    else:
+        return v.to(tl.float32)
+
+
+@triton.jit
+def _acc_zeros(t, ref_ptr):
+    # zeros shaped like t in the compute dtype of ref_ptr's elements (float64 or float32)
+    z = tl.zeros(t.shape, tl.float32)
+    if ref_ptr.dtype.element_ty == tl.float64:
+        z = z.to(tl.float64)
+    return z
+
+
+@triton.jit
+def _relu(v):
+    # relu that keeps NaN, like torch.relu: NaN < 0 is false
+    return tl.where(v < 0, 0.0, v)
+
+
+@triton.jit
+def _pow(s, e):
+    # s ** e for s >= 0 (s = 0 gives 0 ** e, inf ** e as IEEE pow)
+    return tl.exp2(e * tl.log2(s))
+
+
+@triton.jit
+def _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo):
+    """sum over c' in [c - lo, c - lo + size) of relu(x[c'])^2, for a tile of channels c and
+    spatial offsets sp_off; channels outside [0, C) count as 0 (PyTorch's zero padding)."""
+    acc = _acc_zeros(valid, x_ptr)
+    for j in range(size):
+        cc = c + (j - lo)
+        m = valid & (cc >= 0) & (cc < C)
+        v = _relu(_upcast(tl.load(x_ptr + base + cc.to(tl.int64) * s_c + sp_off, mask=m, other=0.0)))
+        acc += v * v
+    return acc
+
+
+@triton.jit
+def _gather_pool_grad(
+    dy_ptr, am_ptr, o_base, c, ih, iw, mask, OH, OW, o_c, o_h, o_w, KH, KW, SH, SW, PH, PW, NH, NW
+):
+    """Gradient reaching input (c, ih, iw) from the windows whose argmax it is, summed in the
+    windows' row-major order (as PyTorch's gather does). NH, NW: at least the number of window
+    rows / columns that can contain one position, ceil(K / S); a constexpr lets Triton unroll."""
+    g = _acc_zeros(mask, dy_ptr)
+    oh_last = (ih + PH) // SH  # the last window row that can contain ih
+    ow_last = (iw + PW) // SW
+    c_off = c.to(tl.int64) * o_c
+    for a in range(NH):
+        oh = oh_last - (NH - 1) + a
+        kh = ih + PH - oh * SH
+        ok_h = mask & (oh >= 0) & (oh < OH) & (kh < KH)
+        for b in range(NW):
+            ow = ow_last - (NW - 1) + b
+            kw = iw + PW - ow * SW
+            m = ok_h & (ow >= 0) & (ow < OW) & (kw < KW)
+            off = o_base + c_off + oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w
+            am = tl.load(am_ptr + off, mask=m, other=-1).to(tl.int32)
+            hit = m & (am == kh * KW + kw)
+            g += _upcast(tl.load(dy_ptr + off, mask=hit, other=0.0))
+    return g
