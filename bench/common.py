@@ -93,10 +93,12 @@ def fake_mode():
     return FakeTensorMode()
 
 
-def count_saved(fn: Callable[[], object], exclude: tuple[torch.Tensor, ...] = ()) -> tuple[int, int, object]:
+def count_saved(fn: Callable[[], object], exclude: tuple[torch.Tensor, ...] = (),
+                details: list | None = None) -> tuple[int, int, object]:
     """Run ``fn`` and count the tensors autograd saves for backward, each storage once (a tensor saved
     by two nodes, or a view of a saved tensor, is one storage). Storages of ``exclude`` (parameters)
-    are left out. Returns (bytes, number of storages, fn's result).
+    are left out. Returns (bytes, number of storages, fn's result); with a ``details`` list, appends
+    (shape, dtype, storage bytes) of each storage's first saved tensor to it.
 
     Only what goes through ``ctx.save_for_backward`` / autograd's saved variables is seen; tensors
     stashed as plain ``ctx`` attributes are not (the GPU run's retained-memory column catches those)."""
@@ -106,8 +108,10 @@ def count_saved(fn: Callable[[], object], exclude: tuple[torch.Tensor, ...] = ()
     def pack(t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
         key = StorageWeakRef(s).cdata
-        if key not in skip:
+        if key not in skip and key not in seen:
             seen[key] = s.nbytes()
+            if details is not None:
+                details.append((list(t.shape), str(t.dtype).split(".")[-1], s.nbytes()))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

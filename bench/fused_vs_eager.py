@@ -277,10 +277,13 @@ def model_section(args, device, dtypes) -> dict:
     # Saved activation bytes per image (parameters and buffers left out; the input image counts): real
     # tensors on a GPU, fake "cuda" tensors at the same batch without one (plus a real CPU cross-check).
     def per_image(m, x, fake):
+        """(bytes per image, method, the saved storages largest first as (shape, dtype, bytes))."""
+        details: list = []
+        saved, _, _ = count_saved(lambda: m(x), exclude=(*m.parameters(), *m.buffers()), details=details)
+        details.sort(key=lambda d: -d[2])
         if shared_counter is not None and not fake:
-            return shared_counter(m, x), "alexnet.model.saved_activation_bytes"
-        saved, _, _ = count_saved(lambda: m(x), exclude=(*m.parameters(), *m.buffers()))
-        return saved / x.shape[0], "bench.common.count_saved"
+            return shared_counter(m, x), "alexnet.model.saved_activation_bytes", details
+        return saved / x.shape[0], "bench.common.count_saved", details
 
     try:
         from alexnet.model import saved_activation_bytes as shared_counter
@@ -295,12 +298,13 @@ def model_section(args, device, dtypes) -> dict:
             if fake:
                 with fake_mode(), torch.device("cuda"):
                     m = AlexNet(cfg, ops=ops).train()
-                    v, how = per_image(m, torch.randn(b, 3, hw, hw), fake)
+                    v, how, details = per_image(m, torch.randn(b, 3, hw, hw), fake)
                 how += " on fake cuda tensors (FakeTensorMode)"
             else:
                 m = AlexNet(cfg, ops=ops).to(device).train()
-                v, how = per_image(m, torch.randn(b, 3, hw, hw, device=device), fake)
-            out["saved_per_image"][key] = {"bytes_per_image": v, "batch": b, "method": how}
+                v, how, details = per_image(m, torch.randn(b, 3, hw, hw, device=device), fake)
+            out["saved_per_image"][key] = {"bytes_per_image": v, "batch": b, "method": how,
+                                           "storages": details}
             del m
         except Exception as exc:
             out["saved_per_image"][key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
@@ -474,9 +478,17 @@ def tables(res) -> dict[str, list[list[str]]]:
         s.append([f"saved/image {k}", "float32", str(v.get("batch", "-")), "-", "-", "-",
                   f"{v['bytes_per_image'] / 1e6:.3f} MB per image ({v['method']})" if "bytes_per_image" in v
                   else v.get("error", "")])
+    st = [["model", "saved tensor shape", "dtype", "MB per image"]]
+    for k in ("fused", "eager"):
+        v = res.get("model", {}).get("saved_per_image", {}).get(k, {})
+        for shape, dt, nbytes in v.get("storages", [])[:12]:
+            st.append([k, "x".join(map(str, shape)), dt, f"{nbytes / v['batch'] / 1e6:.3f}"])
     g = [["target", "item", "value", "status"]] + [[x["target"], x["item"], x["value"], x["status"]]
                                                    for x in res["targets"]]
-    return {"Op timings": t, "Saved for backward": m, "AlexNet training step": s, "Targets": g}
+    out = {"Op timings": t, "Saved for backward": m, "AlexNet training step": s}
+    if len(st) > 1:
+        out["AlexNet forward: largest saved storages"] = st
+    return {**out, "Targets": g}
 
 
 def render_text(rows) -> str:
