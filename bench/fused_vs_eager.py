@@ -265,7 +265,8 @@ def op_memory(case: Case, dtype, batch, providers, device) -> list[dict]:
 
 # ---------------------------------------------------------------- the whole model
 
-def model_section(args, device, dtypes) -> dict:
+def model_memory(args, device) -> dict:
+    """Saved activation bytes per image of one AlexNet training forward, fused and eager."""
     try:
         from alexnet.model import AlexNet, AlexNetConfig
     except Exception as exc:
@@ -309,58 +310,70 @@ def model_section(args, device, dtypes) -> dict:
         except Exception as exc:
             out["saved_per_image"][key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
 
-    # Training step throughput: forward, cross-entropy, backward, SGD (momentum 0.9, weight decay 5e-4).
+    return out
+
+
+def model_steps(args, device, dtype, deadline, skipped) -> list[dict]:
+    """Training step throughput: forward, cross-entropy, backward, SGD (momentum 0.9, weight decay 5e-4);
+    float32, or autocast to ``dtype``. Providers past ``deadline`` are skipped (listed in ``skipped``)."""
+    from alexnet.model import AlexNet, AlexNetConfig
+    cfg = AlexNetConfig()
+    hw, classes = cfg.image_size, cfg.num_classes
+    rows: list[dict] = []
     gpu = device.type == "cuda"
     batch = args.batch if gpu else args.cpu_model_batch
     steps = (5 if args.quick else 20) if gpu else 3
     providers = ["eager", "fused"] + (["compile"] if gpu and not args.no_compile and not args.quick else [])
-    step_dtypes = [d for d in dtypes if gpu or d == torch.float32]
-    for dtype in step_dtypes:
-        for prov in providers:
-            row = {"provider": prov, "dtype": str(dtype).split(".")[-1], "batch": batch,
-                   "precision": "float32" if dtype == torch.float32 else f"autocast {dtype}"}
-            base = torch.cuda.memory_allocated(device) if gpu else 0
-            try:
-                torch.manual_seed(0)
-                m = AlexNet(cfg, ops="eager" if prov == "compile" else prov).to(device).train()
-                net = torch.compile(m, dynamic=False) if prov == "compile" else m
-                opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-                x = torch.randn(batch, 3, hw, hw, device=device)
-                t = torch.randint(0, classes, (batch,), device=device)
+    if not (gpu or dtype == torch.float32):
+        return []  # the CPU path steps in float32 only
+    for prov in providers:
+        if time.perf_counter() > deadline:
+            skipped.append(f"training step {prov} {str(dtype).split('.')[-1]}")
+            continue
+        row = {"provider": prov, "dtype": str(dtype).split(".")[-1], "batch": batch,
+               "precision": "float32" if dtype == torch.float32 else f"autocast {dtype}"}
+        base = torch.cuda.memory_allocated(device) if gpu else 0
+        try:
+            torch.manual_seed(0)
+            m = AlexNet(cfg, ops="eager" if prov == "compile" else prov).to(device).train()
+            net = torch.compile(m, dynamic=False) if prov == "compile" else m
+            opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            x = torch.randn(batch, 3, hw, hw, device=device)
+            t = torch.randint(0, classes, (batch,), device=device)
 
-                def step(net=net, opt=opt, x=x, t=t, dtype=dtype):
-                    opt.zero_grad(set_to_none=True)
-                    with autocast_or_null(device, dtype):
-                        loss = F.cross_entropy(net(x), t)
-                    loss.backward()
-                    opt.step()
+            def step(net=net, opt=opt, x=x, t=t, dtype=dtype):
+                opt.zero_grad(set_to_none=True)
+                with autocast_or_null(device, dtype):
+                    loss = F.cross_entropy(net(x), t)
+                loss.backward()
+                opt.step()
 
-                t0 = time.perf_counter()
-                for _ in range(3 if gpu else 1):  # warm-up (compiles the compile provider)
-                    step()
-                sync(device)
-                row["warmup_s"] = time.perf_counter() - t0
-                if gpu:
-                    torch.cuda.reset_peak_memory_stats(device)
-                ts = []
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    step()
-                    sync(device)
-                    ts.append((time.perf_counter() - t0) * 1e3)
-                row["ms"] = quantiles(ts)
-                row["images_per_s"] = batch / (row["ms"][0] * 1e-3)
-                if gpu:  # parameters, gradients, momentum, activations, workspaces of one step
-                    row["peak_allocated"] = torch.cuda.max_memory_allocated(device) - base
-                del m, net, opt, x, t, step
-            except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            out["train_step"].append(row)
-            if prov == "compile":
-                torch._dynamo.reset()  # its guards hold the compiled model alive
+            t0 = time.perf_counter()
+            for _ in range(3 if gpu else 1):  # warm-up (compiles the compile provider)
+                step()
+            sync(device)
+            row["warmup_s"] = time.perf_counter() - t0
             if gpu:
-                torch.cuda.empty_cache()
-    return out
+                torch.cuda.reset_peak_memory_stats(device)
+            ts = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step()
+                sync(device)
+                ts.append((time.perf_counter() - t0) * 1e3)
+            row["ms"] = quantiles(ts)
+            row["images_per_s"] = batch / (row["ms"][0] * 1e-3)
+            if gpu:  # parameters, gradients, momentum, activations, workspaces of one step
+                row["peak_allocated"] = torch.cuda.max_memory_allocated(device) - base
+            del m, net, opt, x, t, step
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        rows.append(row)
+        if prov == "compile":
+            torch._dynamo.reset()  # its guards hold the compiled model alive
+        if gpu:
+            torch.cuda.empty_cache()
+    return rows
 
 
 # ---------------------------------------------------------------- targets
@@ -564,6 +577,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="GPU: also time each call inside a CUDA graph (no launch overhead, L2 not flushed)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="time budget: op cases and training steps not started by then are skipped (listed)")
+    ap.add_argument("--tag", default="", help="suffix for the result file names, e.g. _fp32")
     ap.add_argument("--batch", type=int, default=128, help="batch of GPU timings and of memory counts")
     ap.add_argument("--cpu-batch", type=int, default=8, help="batch of the CPU-path op timings")
     ap.add_argument("--cpu-model-batch", type=int, default=2, help="batch of the CPU-path training step")
@@ -625,70 +641,91 @@ def main(argv=None) -> int:
     copy = copy_bandwidth_gbs(device, 1.0 if gpu else 0.25)
     print(f"copy bandwidth: {copy['gbs']:.0f} GB/s ({copy['buffer_gib']} GiB float32 copy_, read + write)",
           flush=True)
-    times, checks, memory = [], {}, []
+    times, checks, memory, skipped = [], {}, [], []
     t_start = time.perf_counter()
-    for case in cases:
-        for dtype in dtypes:
-            provs = {p: f(case.op) for p, f in providers.items()}
-            batch = args.batch if gpu else args.cpu_batch
-            if gpu or dtype == torch.float32 or args.dtypes:
-                variants = {}
-                if "compile" in provs:
-                    variants["compile"] = (compiled_retainable(case.op), no_donation())
-                r, c = op_timings(case, dtype, batch, provs, device, args.quick, gpu and args.cuda_graph,
-                                  variants)
-                times += r
-                checks[f"{case.name} {str(dtype).split('.')[-1]}"] = c
-            else:
-                c = {}
-            mem_provs = {"eager": EAGER[case.op], "fused": FUSED[case.op]}
-            if "compile" in provs:
-                mem_provs["compile"] = provs["compile"]
-            memory += op_memory(case, dtype, args.batch, mem_provs, device)
-            bad = {p: v for p, v in c.items() if "error" in v or not v.get("ok", True)}
-            print(f"  {case.name:28s} {str(dtype).split('.')[-1]:8s} done "
-                  f"({time.perf_counter() - t_start:5.1f} s)" + (f"  problems: {bad}" if bad else ""),
-                  flush=True)
-    annotate(times, copy["gbs"])
-    with stack:
-        model = None if args.no_model else model_section(args, device, dtypes)
-    if not gpu:
-        meta["load_average_end"] = os.getloadavg()
+    deadline = t_start + args.max_seconds if args.max_seconds else float("inf")
+    model: dict = {} if args.no_model else model_memory(args, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{device_slug(device)}_{meta['date']}{'_quick' if args.quick else ''}{args.tag}"
     res = {"meta": meta, "config": {**vars(args), "dtypes": dnames, "ops": ops, "p_drop": P_DROP,
                                     "bytes_model": "see bench/fused_vs_eager.py docstring"},
            "notes": notes, "copy_bandwidth": copy, "times": times, "checks": checks, "memory": memory,
-           "model": model or {}}
-    res["targets"] = evaluate_targets(times, model, gpu)
-    tabs = tables(res)
+           "model": model, "skipped_for_time": skipped, "complete": False}
+    argv_text = " ".join(["python bench/fused_vs_eager.py", *(sys.argv[1:] if argv is None else argv)])
+    with stack:
+        for dtype in dtypes:  # float32 first: ops, then the model, so a cut-short run keeps the most
+            dname = str(dtype).split(".")[-1]
+            for case in cases:
+                if time.perf_counter() > deadline:
+                    skipped.append(f"{case.name} {dname}")
+                    continue
+                provs = {p: f(case.op) for p, f in providers.items()}
+                batch = args.batch if gpu else args.cpu_batch
+                c = {}
+                if gpu or dtype == torch.float32 or args.dtypes:
+                    variants = {}
+                    if "compile" in provs:
+                        variants["compile"] = (compiled_retainable(case.op), no_donation())
+                    r, c = op_timings(case, dtype, batch, provs, device, args.quick,
+                                      gpu and args.cuda_graph, variants)
+                    times += r
+                    checks[f"{case.name} {dname}"] = c
+                mem_provs = {"eager": EAGER[case.op], "fused": FUSED[case.op]}
+                if "compile" in provs:
+                    mem_provs["compile"] = provs["compile"]
+                memory += op_memory(case, dtype, args.batch, mem_provs, device)
+                bad = {p: v for p, v in c.items() if "error" in v or not v.get("ok", True)}
+                print(f"  {case.name:28s} {dname:8s} done ({time.perf_counter() - t_start:5.1f} s)"
+                      + (f"  problems: {bad}" if bad else ""), flush=True)
+            if model and "error" not in model:
+                model["train_step"] += model_steps(args, device, dtype, deadline, skipped)
+                print(f"  AlexNet training step    {dname:8s} done ({time.perf_counter() - t_start:5.1f} s)",
+                      flush=True)
+            write_results(res, stem, argv_text)  # partial results survive a run that is cut short
+    if not gpu:
+        meta["load_average_end"] = os.getloadavg()
+    if skipped:
+        notes.append(f"Skipped for the --max-seconds {args.max_seconds} budget: {', '.join(skipped)}.")
+    res["complete"] = not skipped
+    tabs = write_results(res, stem, argv_text)
     for title, rows in tabs.items():
         cpu_note = "" if gpu or title != "Op timings" else f" (CPU path, batch {args.cpu_batch})"
         print(f"\n== {title}{cpu_note}")
         print(render_text(rows))
     if model and "error" in model:
         print(f"\nmodel section skipped: {model['error']}")
+    if skipped:
+        print(f"\n{notes[-1]}")
+    print(f"\nwrote {stem}.json, .md, .png ({time.perf_counter() - t_start:.0f} s)")
+    return 0
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{device_slug(device)}_{meta['date']}{'_quick' if args.quick else ''}"
+
+def write_results(res, stem: Path, argv_text: str) -> dict:
+    """Annotate, evaluate the targets and write JSON, markdown and PNG; returns the tables."""
+    meta, copy, gpu = res["meta"], res["copy_bandwidth"], res["meta"]["device_type"] == "cuda"
+    annotate(res["times"], copy["gbs"])
+    res["targets"] = evaluate_targets(res["times"], res["model"], gpu)
+    tabs = tables(res)
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
     head = [f"# fused vs eager vs torch.compile: {meta['device']}", "",
             f"{meta['datetime_utc']} | torch {meta['torch']} | triton {meta['triton']} | "
             f"CUDA {meta['cuda']} | python {meta['python']} | commit `{meta['git_commit']}`", "",
-            f"Copy bandwidth: {copy['gbs']:.0f} GB/s. Command: `"
-            + " ".join(["python bench/fused_vs_eager.py", *(sys.argv[1:] if argv is None else argv)]) + "`"
+            f"Copy bandwidth: {copy['gbs']:.0f} GB/s. Command: `{argv_text}`"
             + (f". Load average at start {fmt_load(meta.get('load_average'))}, at end "
                f"{fmt_load(meta.get('load_average_end'))} (2 cores shared)." if not gpu else ""),
-            ""] + [f"- {n}" for n in notes]
+            ""] + [f"- {n}" for n in res["notes"]]
+    if not res["complete"]:
+        head.append("- INCOMPLETE: written before the run finished, or parts skipped for time.")
     body = [f"\n## {t}\n\n{render_md(rows)}" for t, rows in tabs.items()]
-    if model and "error" in model:
-        body.append(f"\nModel section skipped: {model['error']}")
+    if res["model"] and "error" in res["model"]:
+        body.append(f"\nModel section skipped: {res['model']['error']}")
     stem.with_suffix(".md").write_text("\n".join(head + body) + "\n")
     try:
         plot(res, stem.with_suffix(".png"))
     except Exception as exc:
         print(f"chart not written: {exc!r}")
-    print(f"\nwrote {stem}.json, .md, .png ({time.perf_counter() - t_start:.0f} s)")
-    return 0
+    return tabs
 
 
 if __name__ == "__main__":
