@@ -162,22 +162,35 @@ def _lrn_launch_args(lrn):
     return size, _lrn_window(size), alpha / size, beta, k
 
 
+def _window_origins(oh: int, ow: int, stride, padding, device):
+    """Row (1, 1, OH, 1) and column (1, 1, 1, OW) of each pooled output's window origin."""
+    rows = (torch.arange(oh, device=device) * stride[0] - padding[0]).view(1, 1, -1, 1)
+    cols = (torch.arange(ow, device=device) * stride[1] - padding[1]).view(1, 1, 1, -1)
+    return rows, cols
+
+
+def _window_offsets(w: int, kernel, device) -> torch.Tensor:
+    """Flat offset from the window origin of each window-local position kh * KW + kw."""
+    kh = torch.arange(kernel[0], device=device).view(-1, 1)
+    kw = torch.arange(kernel[1], device=device).view(1, -1)
+    return (kh * w + kw).reshape(-1)
+
+
 def _local_to_flat(local, w, kernel, stride, padding):
     """Window-local argmax (kh * KW + kw) -> PyTorch's flat index ih * W + iw, per pooled output."""
-    oh = torch.arange(local.shape[2], device=local.device).view(1, 1, -1, 1)
-    ow = torch.arange(local.shape[3], device=local.device).view(1, 1, 1, -1)
-    local = local.long()
-    ih = oh * stride[0] - padding[0] + local // kernel[1]
-    iw = ow * stride[1] - padding[1] + local % kernel[1]
-    return ih * w + iw
+    rows, cols = _window_origins(local.shape[2], local.shape[3], stride, padding, local.device)
+    return (rows * w + cols) + torch.take(_window_offsets(w, kernel, local.device), local.long())
 
 
 def _flat_to_local(flat, w, kernel, stride, padding):
-    oh = torch.arange(flat.shape[2], device=flat.device).view(1, 1, -1, 1)
-    ow = torch.arange(flat.shape[3], device=flat.device).view(1, 1, 1, -1)
-    kh = flat // w - (oh * stride[0] - padding[0])
-    kw = flat % w - (ow * stride[1] - padding[1])
-    return kh * kernel[1] + kw
+    rows, cols = _window_origins(flat.shape[2], flat.shape[3], stride, padding, flat.device)
+    if kernel[1] <= w:  # kh * W + kw is then distinct for every window position: a lookup table
+        table = torch.zeros(kernel[0] * w, dtype=torch.int64, device=flat.device)
+        table[_window_offsets(w, kernel, flat.device)] = torch.arange(kernel[0] * kernel[1],
+                                                                      device=flat.device)
+        return torch.take(table, flat - (rows * w + cols))  # take: far faster than indexing on CPU
+    # a window wider than the row (only with padding): split the flat index itself
+    return (torch.div(flat, w, rounding_mode="floor") - rows) * kernel[1] + (flat % w - cols)
 
 
 def _pool_forward(x, kernel, stride, padding, lrn):
@@ -222,11 +235,11 @@ def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
     if dy.numel() == 0:
         return dx.zero_()
     if not use_triton(dy):
-        flat = _local_to_flat(am, w, kernel, stride, padding).reshape(n * c, -1)
         compute = torch.float64 if dy.dtype == torch.float64 else torch.float32  # as the kernel sums
-        g = torch.zeros(n * c, h * w, dtype=compute, device=dy.device)
-        g.scatter_add_(1, flat, dy.reshape(n * c, -1).to(compute))
-        g = g.view(n, c, h, w)
+        shape_only = torch.empty(1, dtype=compute, device=dy.device).expand(n, c, h, w)
+        g = torch.ops.aten.max_pool2d_with_indices_backward(
+            dy.to(compute), shape_only, list(kernel), list(stride), list(padding), [1, 1], False,
+            _local_to_flat(am, w, kernel, stride, padding))
         return dx.copy_(g if lrn is None else lrn_backward_torch(x, g, *lrn))
     if lrn is not None and use_seq_backward(fmt, lrn[0], (kernel, stride, padding)):
         launch_seq_backward(x, dy, am, dx, (kernel, stride, padding), *lrn)
