@@ -11,11 +11,12 @@ Conventions (see ../shared/DESIGN.md and issue 2):
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 import kernels
@@ -37,6 +38,12 @@ HAS_CUDA = torch.cuda.is_available()
 # ----------------------------------------------------------------------------------------------
 # Hypothesis profile
 # ----------------------------------------------------------------------------------------------
+
+# HYPOTHESIS_PROFILE=no-shrink reports the first failing example without shrinking it (each shrink
+# step reruns interpreted kernels): for quick checks of a change, e.g. mutation runs.
+settings.register_profile("no-shrink", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 #: Settings for the equivalence tests. No deadline: the first call of a kernel compiles / the
 #: interpreter's speed varies with the load on the machine.

@@ -99,12 +99,22 @@ def test_relu_lrn_max_pool2d_exact_ties_go_to_the_first_maximum(path, dtype, fmt
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("size", [3, 8, 9])
-def test_relu_lrn_max_pool2d_many_channels(path, fmt, size):
+@pytest.mark.parametrize("size,fmt", [(2, "contiguous"), (8, "contiguous"), (9, "contiguous"),
+                                      (5, "channels_last")])
+def test_relu_lrn_max_pool2d_many_channels(path, size, fmt):
     """70 channels: whole and partial channel chunks, LRN windows that straddle two of them."""
     x = to_memory_format(make_values((1, 70, 5, 6), "normal", size, torch.float32, 3.0), fmt)
     check_block(path, x, (size, 1.0, 0.75, 1.0), (3, 2, 1), seed=size)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kernel", [(17, 16)])
+def test_relu_lrn_max_pool2d_large_windows(path, kernel):
+    """272 window positions: the argmax outgrows one byte."""
+    g = torch.Generator().manual_seed(3)
+    plane = torch.randint(1, 4, (1, 1, 18, 33), generator=g).float()
+    x = plane.expand(1, 2, 18, 33).contiguous()
+    check_block(path, x, (2, 0.3, 0.75, 2.0), (kernel, kernel, 1), seed=3)
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -221,6 +221,18 @@ def test_dropout_seed_none_follows_manual_seed_without_reseeding(path, op_name):
         torch.set_rng_state(state)
 
 
+@real_kernels_only
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("shape,lay", [((5000,), "contiguous"), ((2, 3, 17, 19), "channels_last"),
+                                       ((40, 70), "strided")])
+def test_dropout_triton_and_torch_paths_draw_the_same_mask(op_name, shape, lay):
+    """kernels/dropout.py documents that its CPU path computes the kernel's Philox stream."""
+    x = layout(nonzero_values(shape, 16, torch.float32), lay)
+    a, _ = run("triton", op_name, x, 0.5, seed=2**33 + 5)
+    b, _ = run("torch", op_name, x, 0.5, seed=2**33 + 5)
+    assert torch.equal(a != 0, b != 0), f"{int((a != 0).ne(b != 0).sum())} of {a.numel()} mask bits differ"
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

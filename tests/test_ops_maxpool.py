@@ -144,6 +144,16 @@ def test_max_pool2d_all_minus_inf_windows(path, fmt):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kernel,padding", [((16, 16), (8, 0)), ((17, 16), (3, 8))])
+def test_max_pool2d_large_windows(path, kernel, padding):
+    """Windows of 256 elements (the largest whose position fits one byte) and of more than 256, with
+    ties: the saved argmax must still name the right element. (stride = kernel keeps the
+    interpreter's gather loop short.)"""
+    x = make_values((1, 2, kernel[0] + 1, 2 * kernel[1] - 2), "ties", 17, torch.float32)
+    check_max_pool2d(path, x, kernel, None, padding, seed=5)
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_max_pool2d_default_arguments_and_stride_none(path):
     x = make_values((1, 3, 11, 9), "normal", 5)
     with on_path(path):
@@ -211,7 +221,8 @@ BAD_POOL_PARAMS = [
     pytest.param(3, (2, 0), 0, id="stride-pair-0"),
     pytest.param(3, 2, -1, id="padding-neg"),
     pytest.param(3, 2, 2, id="padding-over-half-kernel"),
-    pytest.param((2, 4), 1, (1, 3), id="padding-pair-over-half"),
+    pytest.param((3, 3), 1, (2, 0), id="padding-h-over-half"),
+    pytest.param((2, 4), 1, (1, 3), id="padding-w-over-half"),
     pytest.param(7, 1, 0, id="output-empty"),
     pytest.param((1, 7), 1, (0, 1), id="output-width-empty"),
     pytest.param((3, 3, 3), 1, 0, id="kernel-three-values"),
