@@ -337,9 +337,10 @@ def make_values(shape, kind: str, seed: int, dtype: torch.dtype = torch.float32,
 
 
 def make_grad(shape, seed: int, dtype: torch.dtype) -> torch.Tensor:
-    """A shared random grad_output (nonzero almost surely), in ``dtype``."""
+    """A shared random grad_output in ``dtype``, never zero (a zero would hide a kept element)."""
     g = torch.Generator().manual_seed(seed + 7919)
-    return torch.randn(shape, generator=g).to(dtype)
+    out = torch.randn(shape, generator=g).to(dtype)
+    return out.masked_fill(out == 0, 1.0)
 
 
 seeds = st.integers(0, 2**31 - 1)

@@ -106,6 +106,27 @@ def test_dropout_matches_reference_with_recovered_mask(path, op_name, shape, dty
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("lay,grad_lay", [("channels_last", "contiguous"), ("contiguous", "channels_last"),
+                                          ("strided", "channels_last"), ("channels_last", "strided")])
+def test_dropout_backward_mask_in_every_layout(path, op_name, lay, grad_lay):
+    """The backward meets each element with the forward's mask whatever the layouts of the input and
+    of grad_output (a mask regenerated in another memory order would not match)."""
+    x = layout(nonzero_values((2, 5, 4, 7), 18, torch.float32), lay)
+    g = layout(make_grad((2, 5, 4, 7), 18, torch.float32), grad_lay)
+    out, grad = run(path, op_name, x, 0.5, seed=31, grad_out=g)
+    relu = op_name == "relu_dropout"
+    kept = out != 0
+    assert torch.equal(grad != 0, kept), f"{op_name} {lay}/{grad_lay}: backward mask != forward mask"
+    xr = F.relu(x) if relu else x
+    assert_close_verbose(out, reference.dropout_with_mask(xr, kept | (xr == 0), 0.5),
+                         TOLERANCES[torch.float32], name=f"{op_name} {lay} forward")
+    assert_close_verbose(grad, reference.dropout_with_mask(g, kept, 0.5), TOLERANCES[torch.float32],
+                         name=f"{op_name} {lay}/{grad_lay} backward")
+    assert_memory_format(out, x, f"{op_name} {lay}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_dropout_keep_rate_within_6_sigma_everywhere(path, op_name, p):
     """Keep rate over 32768 elements and over each of its 8 chunks (a mask that repeats or freezes
