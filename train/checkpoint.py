@@ -1,0 +1,82 @@
+"""Checkpoints: one file that resumes a run exactly, on any number of devices.
+
+A checkpoint holds the one-device AlexNet state dict (``full_state_dict``), the optimizer's velocity in
+the same one-device layout, the learning-rate schedule, the position in the data (epoch, step in the
+epoch, global step and the epoch's running sums), the metrics so far and the resolved config. No RNG
+state is needed: data order, augmentation and dropout are all drawn from generators seeded by
+(seed, epoch, index) and (seed, global step), see train/data.py and train/engine.py.
+
+Files are written to a temporary name and moved into place with ``os.replace``, so a kill during a save
+leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from alexnet.parallel import full_state_dict, load_full_state_dict
+from train.engine import velocity_key
+
+
+def resolve(path: str) -> str:
+    """A checkpoint file, or a run folder (its ``last.pt``)."""
+    return os.path.join(path, "last.pt") if os.path.isdir(path) else path
+
+
+def _velocity_state_dict(module, optimizer, ctx) -> dict:
+    """The optimizer's velocity in the one-device layout: swap each parameter's data for its velocity
+    (zeros before the first step), gather like the weights, swap back. Collective: every rank calls it."""
+    key = velocity_key(optimizer)
+    params = list(module.parameters())
+    saved = [p.data for p in params]
+    try:
+        for p in params:
+            v = optimizer.state.get(p, {}).get(key)
+            p.data = v if v is not None else torch.zeros_like(p)
+        return full_state_dict(module, ctx)
+    finally:
+        for p, d in zip(params, saved):
+            p.data = d
+
+
+def _load_velocity(module, optimizer, velocity: dict, ctx) -> None:
+    """Scatter one-device velocities onto this rank's parameters (call before loading the weights)."""
+    key = velocity_key(optimizer)
+    load_full_state_dict(module, velocity, ctx)
+    for p in module.parameters():
+        optimizer.state[p][key] = p.detach().clone()
+
+
+def save(path: str, module, optimizer, scheduler, scaler, state: dict, history: list, cfg: dict, ctx,
+         classes: list[str]) -> None:
+    """Collective (every rank calls it); the main process writes ``path`` atomically."""
+    model_sd = full_state_dict(module, ctx)
+    velocity_sd = _velocity_state_dict(module, optimizer, ctx)
+    if not ctx.is_main:
+        return
+    ckpt = {
+        "model": {k: v.cpu() for k, v in model_sd.items()},
+        "velocity": {k: v.cpu() for k, v in velocity_sd.items()},
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": {k: v for k, v in state.items()},
+        "history": history,
+        "config": cfg,
+        "classes": classes,
+    }
+    tmp = f"{path}.tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str) -> dict:
+    return torch.load(resolve(path), map_location="cpu", weights_only=False)
+
+
+def restore(ckpt: dict, module, optimizer, scheduler, scaler, ctx) -> None:
+    _load_velocity(module, optimizer, ckpt["velocity"], ctx)
+    load_full_state_dict(module, ckpt["model"], ctx)
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
