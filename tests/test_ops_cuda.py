@@ -235,7 +235,7 @@ def test_cuda_dropout_int64_indexing():
 
 @needs_real_gpu
 def test_cuda_relu_lrn_and_max_pool2d_int64_indexing():
-    shape = (2, 96, 3400, 3400)  # 2.2e9 elements > 2^31
+    shape = (24, 96, 1000, 1000)  # 2.3e9 elements > 2^31, every launch-grid axis within CUDA's limits
     numel = math.prod(shape)
     _need_bytes(3 * 2 * numel + 2**30)
     x = torch.randn(shape, dtype=torch.float16, device="cuda")
@@ -244,10 +244,35 @@ def test_cuda_relu_lrn_and_max_pool2d_int64_indexing():
     ref = reference.relu_lrn(x[sl].float(), 5, 0.5, 0.75, 2.0).to(x.dtype)
     assert_close_verbose(y[sl], ref, TOLERANCES[torch.float16], name="relu_lrn past 2^31")
     del y
-    p = kernels.max_pool2d(x, 3, 2, 0)
-    # output rows 1695..1698 pool input rows 3390..3398
-    ref = F.max_pool2d(x[-1:, :, 3390:3399, :], 3, 2, 0)
+    p = kernels.max_pool2d(x, 3, 2, 0)  # (24, 96, 499, 499)
+    # output rows 495..498 pool input rows 990..998
+    ref = F.max_pool2d(x[-1:, :, 990:999, :], 3, 2, 0)
     assert torch.equal(p[-1:, :, -4:, :], ref), "max_pool2d past 2^31"
+    del p
+    z = kernels.relu_lrn_max_pool2d(x)
+    ref = reference.relu_lrn_max_pool2d(x[-1:, :, 990:999, :].float()).to(x.dtype)
+    assert_close_verbose(z[-1:, :, -4:, :], ref, TOLERANCES[torch.float16], name="fused block past 2^31")
+
+
+@needs_real_gpu
+@pytest.mark.parametrize("shape,fmt", [((1, 8, 3000, 3000), "contiguous"),
+                                       ((1, 8, 1500, 1500), "channels_last"),
+                                       ((70000, 2, 3, 3), "contiguous")],
+                         ids=["plane-of-9M-pixels", "channels-last-plane-of-2.25M-pixels", "batch-70000"])
+def test_cuda_large_planes_and_batches(shape, fmt):
+    """Shapes whose natural launch grids (one axis over pixel blocks, one over the batch) pass CUDA's
+    limit of 65535 on grid axes y and z: the ops must still run and agree with the reference."""
+    x = to_memory_format(torch.randn(shape, dtype=torch.float16, device="cuda"), fmt)
+    g = to_memory_format(torch.randn(shape, dtype=torch.float16, device="cuda"), fmt)
+    out, dx = fwd_bwd(kernels.relu_lrn, x, g)
+    ref, ref_dx = ref_fwd_bwd(reference.relu_lrn, x, g)
+    assert_close_verbose(out, ref, TOLERANCES[torch.float16], name=f"relu_lrn {shape}")
+    assert_close_verbose(dx, ref_dx, grad_tol(torch.float16, ref_dx), name=f"relu_lrn {shape} backward")
+    pooled = kernels.max_pool2d(x, 3, 2, 0)
+    assert torch.equal(pooled, F.max_pool2d(x, 3, 2, 0)), f"max_pool2d {shape}"
+    fused = kernels.relu_lrn_max_pool2d(x)
+    ref = reference.relu_lrn_max_pool2d(x.float()).to(x.dtype)
+    assert_close_verbose(fused, ref, TOLERANCES[torch.float16], name=f"relu_lrn_max_pool2d {shape}")
 
 
 # ---------------------------------------------------------------------------------- two devices
