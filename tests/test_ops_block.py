@@ -129,6 +129,27 @@ def test_relu_lrn_max_pool2d_nan_inf(path, dtype):
     assert out[0, 2:5, :2, :2].isnan().all()
 
 
+@real_kernels_only
+@pytest.mark.parametrize("op", ["max_pool2d", "relu_lrn_max_pool2d"])
+@pytest.mark.parametrize("fwd_path,bwd_path", [("triton", "torch"), ("torch", "triton")])
+def test_saved_argmax_means_the_same_on_both_paths(op, fwd_path, bwd_path):
+    """The argmax saved by the forward on one path is read by the backward on the other: both paths
+    keep it in the same form (ties present, so its meaning matters)."""
+    x = to_memory_format(make_values((2, 5, 9, 8), "ties", 19, torch.float32), "channels_last")
+    args = (3, 2, 1) if op == "max_pool2d" else (3, 0.3, 0.75, 2.0, 3, 2, 1)
+    fn = getattr(kernels, op)
+    results = []
+    for paths in [(fwd_path, fwd_path), (fwd_path, bwd_path)]:
+        xk = x.detach().requires_grad_()
+        with on_path(paths[0]):
+            out = fn(xk, *args)
+        with on_path(paths[1]):
+            (grad,) = torch.autograd.grad(out, xk, make_grad(out.shape, 19, torch.float32))
+        results.append(grad)
+    assert_close_verbose(results[1], results[0], TOLERANCES[torch.float32],
+                         name=f"{op} {fwd_path}->{bwd_path}")
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_relu_lrn_max_pool2d_default_arguments(path):
     x = make_values((1, 8, 9, 9), "normal", 9) * 20
