@@ -139,7 +139,8 @@ def test_two_gloo_processes_match_one_device(tiny_data, tmp_path, capfd):
     args = ["--data", tiny_data, "--epochs", 1, "--max-steps-per-epoch", 3, "--dropout", 0,
             "--ten-crop", "final"]
     rc1, out1, err1 = train(capfd, *args, "--out", tmp_path / "one")
-    rc2, out2, err2 = train(capfd, *args, "--out", tmp_path / "two", "--gpus", 2)
+    # with a DataLoader worker: the launched ranks are spawned processes, their workers must start too
+    rc2, out2, err2 = train(capfd, *args, "--out", tmp_path / "two", "--gpus", 2, "--workers", 1)
     assert rc1 == 0 and rc2 == 0, err1 + err2
     if not torch.cuda.is_available():
         assert "two CPU processes over gloo" in out2

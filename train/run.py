@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -224,8 +225,13 @@ def make_loader(samples, transform, cfg, ctx, epoch: int, shuffle: bool, batch_s
     sampler = EpochSampler(len(samples), cfg["seed"], epoch, shuffle, ctx.dp_rank, ctx.dp_size, skip)
     return torch.utils.data.DataLoader(
         Images(samples, transform), batch_size=batch_size, sampler=sampler, num_workers=cfg["workers"],
-        collate_fn=collate, pin_memory=ctx.device.type == "cuda",
-        worker_init_fn=lambda _: signal.signal(signal.SIGINT, signal.SIG_IGN))   # Ctrl-C is the trainer's
+        collate_fn=collate, pin_memory=ctx.device.type == "cuda", worker_init_fn=_ignore_sigint,
+        # fork, also inside the launcher's spawned ranks: a worker starts in milliseconds, not seconds
+        multiprocessing_context="fork" if cfg["workers"] and "fork" in mp.get_all_start_methods() else None)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the trainer, which stops at a step boundary
 
 
 def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> str:
