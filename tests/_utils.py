@@ -33,7 +33,6 @@ STAND_IN = not hasattr(kernels, "triton_disabled")
 real_kernels_only = pytest.mark.xfail(STAND_IN, reason="kernels/ is the stand-in on the reference ops",
                                       strict=False)
 
-HAS_CUDA = torch.cuda.is_available()
 
 # ----------------------------------------------------------------------------------------------
 # Hypothesis profile
@@ -42,8 +41,8 @@ HAS_CUDA = torch.cuda.is_available()
 # HYPOTHESIS_PROFILE=no-shrink reports the first failing example without shrinking it (each shrink
 # step reruns interpreted kernels): for quick checks of a change, e.g. mutation runs.
 settings.register_profile("no-shrink", phases=[Phase.explicit, Phase.reuse, Phase.generate])
-if os.environ.get("HYPOTHESIS_PROFILE"):
-    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+if os.environ.get("HYPOTHESIS_PROFILE") == "no-shrink":
+    settings.load_profile("no-shrink")
 
 #: Settings for the equivalence tests. No deadline: the first call of a kernel compiles / the
 #: interpreter's speed varies with the load on the machine.
@@ -90,13 +89,6 @@ TOLERANCES: dict[torch.dtype, Tol] = {
 
 #: Max-pool selects one of its inputs: its forward is exact in every dtype.
 EXACT = Tol(atol=0.0, rtol=0.0, reason="max-pool selects an input value: no arithmetic, exact")
-
-
-def ulp_tol(dtype: torch.dtype, ulps: int = 1) -> Tol:
-    """Tolerance of ``ulps`` units in the last place, relative, no atol: for results that are one
-    float32 sum (or product) rounded once, e.g. max-pool gradients where windows overlap."""
-    eps = torch.finfo(dtype).eps
-    return Tol(atol=0.0, rtol=ulps * eps, reason=f"{ulps} ulp(s) of {dtype}: one rounding of a sum")
 
 
 def grad_tol(dtype: torch.dtype, expected: torch.Tensor) -> Tol:
@@ -238,23 +230,6 @@ def on_path(path: str):
             yield
 
 
-@pytest.fixture(params=PATHS)
-def path(request):
-    """Runs the test body on one path; use as ``with on_path(path): ...``."""
-    if request.param == "torch" and STAND_IN:
-        pytest.skip("kernels.triton_disabled() lands with the real kernels")
-    return request.param
-
-
-@pytest.fixture
-def seed():
-    """Seeds torch's global generator and restores its state after the test."""
-    state = torch.get_rng_state()
-    torch.manual_seed(1234)
-    yield 1234
-    torch.set_rng_state(state)
-
-
 def custom_op(name: str):
     """``torch.ops.alexnet_triton.<name>.default`` or skip while it is not registered."""
     try:
@@ -345,7 +320,6 @@ def make_grad(shape, seed: int, dtype: torch.dtype) -> torch.Tensor:
 
 seeds = st.integers(0, 2**31 - 1)
 value_kinds = st.sampled_from(VALUE_KINDS)
-finite_value_kinds = st.sampled_from(["normal", "wide", "ties"])
 
 # LRN parameters: even sizes, sizes larger than C; alphas large enough that the cross-channel
 # term of the backward matters at the dtype's precision.
