@@ -94,7 +94,8 @@ def test_relu_lrn_max_pool2d_exact_ties_go_to_the_first_maximum(path, dtype, fmt
     g = torch.Generator().manual_seed(11)
     plane = torch.randint(1, 4, (1, 1, 7, 8), generator=g).float()
     x = to_memory_format(plane.expand(1, 6, 7, 8).to(dtype), fmt)
-    for pool in [(3, 2, 0), ((3, 2), (2, 1), (1, 0))]:
+    # windows per position and axis: 2 (AlexNet's 3/2), 2 and 2, 1 (no overlap), 3
+    for pool in [(3, 2, 0), ((3, 2), (2, 1), (1, 0)), (2, 2, 1), (3, 1, 1)]:
         check_block(path, x, (5, 0.3, 0.75, 2.0), pool, seed=2)
 
 
