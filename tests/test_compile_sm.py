@@ -30,7 +30,10 @@ _SCRIPT = textwrap.dedent(r"""
         name, index, dtype, arch, gpu = job
         fn, configs, signature = KERNELS[name]
         cfg = configs[index]
-        src = ASTSource(fn=fn, signature=signature(dtype), constexprs=cfg.constexprs)
+        sig = signature(dtype.split("+")[0])
+        if dtype.endswith("+i32"):  # pooling windows of more than 256 elements keep an int32 argmax
+            sig["am_ptr"] = "*i32"
+        src = ASTSource(fn=fn, signature=sig, constexprs=cfg.constexprs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": cfg.num_warps})
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
@@ -45,8 +48,10 @@ _SCRIPT = textwrap.dedent(r"""
                     spills=spills, regs=regs, has_cubin=bool(compiled.asm.get("cubin")))
 
     jobs = [(name, i, dtype, arch, gpu)
-            for name, (_, configs, _) in sorted(KERNELS.items()) for i in range(len(configs))
-            for dtype in ("fp32", "fp16", "bf16", "fp64") for arch, gpu in ((80, "sm_80"), (90, "sm_90a"))]
+            for name, (_, configs, signature) in sorted(KERNELS.items()) for i in range(len(configs))
+            for dtype in ("fp32", "fp16", "bf16", "fp64")
+            + (("fp32+i32",) if "am_ptr" in signature("fp32") else ())
+            for arch, gpu in ((80, "sm_80"), (90, "sm_90a"))]
     import multiprocessing
     with multiprocessing.get_context("fork").Pool(max(1, os.cpu_count() or 1)) as pool:
         results = pool.map(build, jobs, chunksize=4)
