@@ -150,7 +150,7 @@ def _write_images(jobs: list[tuple[str, int, int, int]]) -> None:
 
 
 def make_builtin_dataset(cache_dir: str, size: int = 112, train_per_class: int = 500,
-                         val_per_class: int = 100, processes: int = 2) -> tuple[str, bool]:
+                         val_per_class: int = 50, processes: int = 2) -> tuple[str, bool]:
     """Generate the built-in dataset once under ``cache_dir``; return (its folder, whether it was made now).
 
     The folder name holds every generation parameter, and the tree is written to a temporary folder that

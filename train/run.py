@@ -10,7 +10,7 @@
 
 With no --data, the run uses a built-in 10-class dataset of shapes and textures (disc, square, triangle,
 ring, cross, star, stripes, checker, dots, crescent) drawn at random places, sizes, angles and colours on
-random gradients with clutter, generated once as JPEG files (500 train + 100 val per class) under
+random gradients with clutter, generated once as JPEG files (500 train + 50 val per class) under
 $ALEXNET_DATA_CACHE or ~/.cache/alexnet-triton, and read through the same ImageFolder code as ImageNet.
 Its preset scales the network down so that it learns in about two minutes on 2 CPU cores: 112x112 images,
 99x99 crops, every layer at a quarter of the paper's width, Kaiming initialisation (the paper's N(0, 0.01)
