@@ -24,6 +24,19 @@ def _acc_zeros(t, ref_ptr):
 
 
 @triton.jit
+def _tile_ids(C, BLOCK_C: tl.constexpr, P, BLOCK_P: tl.constexpr):
+    """(channel block, pixel block, image) of this program in a 1-D grid, channel blocks varying
+    fastest so that neighbours share the LRN window's halo in L2. A 1-D grid has room for 2^31 - 1
+    programs (the y and z axes stop at 65535)."""
+    pid = tl.program_id(0)
+    n_c = tl.cdiv(C, BLOCK_C)
+    rest = pid // n_c
+    n_p = tl.cdiv(P, BLOCK_P)
+    n = rest // n_p
+    return pid - rest * n_c, rest - n * n_p, n
+
+
+@triton.jit
 def _relu(v):
     # relu that keeps NaN, like torch.relu: NaN < 0 is false
     return tl.where(v < 0, 0.0, v)

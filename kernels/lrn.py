@@ -27,7 +27,7 @@ from ._common import (
 # ------------------------------------------------------------------------------------- kernels
 
 if triton is not None:
-    from ._jit import _acc_zeros, _gather_pool_grad, _pow, _relu, _upcast, _window_sumsq
+    from ._jit import _acc_zeros, _gather_pool_grad, _pow, _relu, _tile_ids, _upcast, _window_sumsq
 
     @triton.jit
     def _relu_lrn_fwd_kernel(
@@ -39,9 +39,7 @@ if triton is not None:
         alpha_n, beta, k,  # alpha / size, exponent, additive constant
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
-        pid_c = tl.program_id(0)  # channel blocks vary fastest: neighbours share the window halo in L2
-        pid_hw = tl.program_id(1)
-        n = tl.program_id(2)
+        pid_c, pid_hw, n = _tile_ids(C, BLOCK_C, HW, BLOCK_HW)
         c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]  # (BLOCK_C, 1)
         hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]  # (1, BLOCK_HW)
         base = n.to(tl.int64) * s_n
@@ -69,9 +67,7 @@ if triton is not None:
         alpha_n, beta, k,  # alpha / size, exponent, additive constant
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
-        pid_c = tl.program_id(0)
-        pid_hw = tl.program_id(1)
-        n = tl.program_id(2)
+        pid_c, pid_hw, n = _tile_ids(C, BLOCK_C, HW, BLOCK_HW)
         c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
         hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]
         base = n.to(tl.int64) * s_n
@@ -123,9 +119,7 @@ if triton is not None:
         RING: tl.constexpr,  # rows of each ring: a power of two >= size
         CHUNK: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
-        pid_c = tl.program_id(0)
-        pid_hw = tl.program_id(1)
-        n = tl.program_id(2)
+        pid_c, pid_hw, n = _tile_ids(C, CHUNK, H * W, BLOCK_HW)
         hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]  # (1, BLOCK_HW)
         in_hw = hw < H * W
         ih = hw // W
@@ -172,9 +166,14 @@ if triton is not None:
 # ------------------------------------------------------------------------------------ launchers
 
 # NCHW: tiles long along the contiguous H*W axis; channels_last: long along the contiguous C axis.
-_CONFIGS = {
+# Each builds without register spills for every dtype on sm_80 and sm_90 (tests/test_compile_sm.py).
+_FWD_CONFIGS = {
     torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=128), num_warps=4),
     torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
+}
+_BWD_CONFIGS = {
+    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=128), num_warps=4),
+    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=8),
 }
 # The channel-walking backward for NCHW, for windows of up to 8 channels (one config per ring size).
 # BLOCK_HW = 32 * num_warps keeps each ring's rows inside one thread.
@@ -207,8 +206,8 @@ def _lrn_window(size: int) -> int:
 
 def _launch(kernel, tensors, x: torch.Tensor, fmt, size, alpha, beta, k) -> None:
     n, c, h, w = x.shape
-    cfg = _CONFIGS[fmt]
-    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]), triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]), n)
+    cfg = (_FWD_CONFIGS if kernel is _relu_lrn_fwd_kernel else _BWD_CONFIGS)[fmt]
+    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     kernel[grid](*tensors, c, h * w, x.stride(0), x.stride(1), x.stride(3), size, _lrn_window(size),
                  alpha / size, beta, k, **cfg.constexprs, num_warps=cfg.num_warps)
 
@@ -218,7 +217,7 @@ def launch_seq_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
     pooled-shaped."""
     n, c, h, w = x.shape
     cfg = seq_config(size, pool)
-    grid = (triton.cdiv(c, cfg.constexprs["CHUNK"]), triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]), n)
+    grid = (triton.cdiv(c, cfg.constexprs["CHUNK"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     kernel, stride, padding = pool or ((1, 1), (1, 1), (0, 0))  # ignored without pooling
     _lrn_bwd_seq_kernel[grid](x, dy, dx if am is None else am, dx, c, h, w, dy.shape[2], dy.shape[3],
                               *x.stride(), *dy.stride(), *kernel, *stride, *padding, size, _lrn_window(size),
@@ -360,8 +359,8 @@ def _seq_signature(dtype: str) -> dict:
 
 
 if triton is not None:
-    register_kernel("relu_lrn_fwd", _relu_lrn_fwd_kernel, _CONFIGS.values(),
+    register_kernel("relu_lrn_fwd", _relu_lrn_fwd_kernel, _FWD_CONFIGS.values(),
                     lambda dtype: _signature("relu_lrn_fwd", dtype))
-    register_kernel("relu_lrn_bwd", _relu_lrn_bwd_kernel, _CONFIGS.values(),
+    register_kernel("relu_lrn_bwd", _relu_lrn_bwd_kernel, _BWD_CONFIGS.values(),
                     lambda dtype: _signature("relu_lrn_bwd", dtype))
     register_kernel("lrn_bwd_seq", _lrn_bwd_seq_kernel, SEQ_CONFIGS.values(), _seq_signature)

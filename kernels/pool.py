@@ -35,7 +35,7 @@ from .lrn import _lrn_window, launch_seq_backward, lrn_backward_torch, lrn_forwa
 # ------------------------------------------------------------------------------------- kernels
 
 if triton is not None:
-    from ._jit import _acc_zeros, _gather_pool_grad, _pow, _relu, _upcast, _window_sumsq
+    from ._jit import _acc_zeros, _gather_pool_grad, _pow, _relu, _tile_ids, _upcast, _window_sumsq
 
     @triton.jit
     def _pool_fwd_kernel(
@@ -50,9 +50,7 @@ if triton is not None:
         FUSE_LRN: tl.constexpr,  # pool relu_lrn(x) instead of x
         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
-        pid_c = tl.program_id(0)
-        pid_p = tl.program_id(1)
-        n = tl.program_id(2)
+        pid_c, pid_p, n = _tile_ids(C, BLOCK_C, P, BLOCK_P)
         c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]  # (BLOCK_C, 1)
         p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P))[None, :]  # (1, BLOCK_P) flat output position
         valid = (c < C) & (p < P)
@@ -101,9 +99,7 @@ if triton is not None:
         FUSE_LRN: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
-        pid_c = tl.program_id(0)
-        pid_hw = tl.program_id(1)
-        n = tl.program_id(2)
+        pid_c, pid_hw, n = _tile_ids(C, BLOCK_C, H * W, BLOCK_HW)
         c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
         hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]
         valid = (c < C) & (hw < H * W)
@@ -142,13 +138,20 @@ if triton is not None:
 
 # ------------------------------------------------------------------------------------ launchers
 
+# Launch configurations by (memory format, fused with LRN). NCHW tiles are long along the contiguous
+# pixel axis, channels_last ones along C. Each is the largest tile that ptxas builds without spilling
+# for every dtype on sm_80 and sm_90 (tests/test_compile_sm.py checks that).
 _FWD_CONFIGS = {
-    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_P=64), num_warps=4),
-    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_P=16), num_warps=4),
+    (torch.contiguous_format, False): Config(dict(BLOCK_C=4, BLOCK_P=64), num_warps=4),
+    (torch.channels_last, False): Config(dict(BLOCK_C=16, BLOCK_P=16), num_warps=4),
+    (torch.contiguous_format, True): Config(dict(BLOCK_C=8, BLOCK_P=64), num_warps=4),
+    (torch.channels_last, True): Config(dict(BLOCK_C=32, BLOCK_P=16), num_warps=4),
 }
 _BWD_CONFIGS = {
-    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=128), num_warps=4),
-    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
+    (torch.contiguous_format, False): Config(dict(BLOCK_C=4, BLOCK_HW=128), num_warps=4),
+    (torch.channels_last, False): Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
+    (torch.contiguous_format, True): Config(dict(BLOCK_C=4, BLOCK_HW=128), num_warps=4),
+    (torch.channels_last, True): Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
 }
 _NO_LRN = (1, 0.0, 0.0, 1.0)  # (size, alpha, beta, k) that the plain max-pool kernels ignore
 
@@ -209,8 +212,8 @@ def _pool_forward(x, kernel, stride, padding, lrn):
         y.copy_(out)
         am.copy_(_flat_to_local(flat, w, kernel, stride, padding))
         return y, am
-    cfg = _FWD_CONFIGS[fmt]
-    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]), triton.cdiv(oh * ow, cfg.constexprs["BLOCK_P"]), n)
+    cfg = _FWD_CONFIGS[(fmt, lrn is not None)]
+    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(oh * ow, cfg.constexprs["BLOCK_P"]) * n,)
     _pool_fwd_kernel[grid](
         x, y, am, c, h, w, ow, oh * ow, *x.stride(), *y.stride(), *kernel, *stride, *padding,
         *_lrn_launch_args(lrn or _NO_LRN), FUSE_LRN=lrn is not None,
@@ -244,8 +247,8 @@ def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
     if lrn is not None and use_seq_backward(fmt, lrn[0], (kernel, stride, padding)):
         launch_seq_backward(x, dy, am, dx, (kernel, stride, padding), *lrn)
         return dx
-    cfg = _BWD_CONFIGS[fmt]
-    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]), triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]), n)
+    cfg = _BWD_CONFIGS[(fmt, lrn is not None)]
+    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     _pool_bwd_kernel[grid](
         dx if x is None else x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *dx.stride(), *dy.stride(),
         *kernel, *stride, *padding, *_lrn_launch_args(lrn or _NO_LRN),
@@ -387,16 +390,17 @@ def _signature(direction: str, dtype: str, argmax: str = "u8") -> dict:
     return sig
 
 
-def _with(configs, **extra):
-    return [Config({**cfg.constexprs, **extra}, cfg.num_warps) for cfg in configs.values()]
+def _with(configs, fused: bool):
+    return [Config({**cfg.constexprs, "FUSE_LRN": fused}, cfg.num_warps)
+            for (_, f), cfg in configs.items() if f == fused]
 
 
 if triton is not None:
-    register_kernel("max_pool2d_fwd", _pool_fwd_kernel, _with(_FWD_CONFIGS, FUSE_LRN=False),
+    register_kernel("max_pool2d_fwd", _pool_fwd_kernel, _with(_FWD_CONFIGS, False),
                     lambda dtype: _signature("fwd", dtype))
-    register_kernel("max_pool2d_bwd", _pool_bwd_kernel, _with(_BWD_CONFIGS, FUSE_LRN=False),
+    register_kernel("max_pool2d_bwd", _pool_bwd_kernel, _with(_BWD_CONFIGS, False),
                     lambda dtype: _signature("bwd", dtype))
-    register_kernel("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, _with(_FWD_CONFIGS, FUSE_LRN=True),
+    register_kernel("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, _with(_FWD_CONFIGS, True),
                     lambda dtype: _signature("fwd", dtype))
-    register_kernel("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, _with(_BWD_CONFIGS, FUSE_LRN=True),
+    register_kernel("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, _with(_BWD_CONFIGS, True),
                     lambda dtype: _signature("bwd", dtype))
