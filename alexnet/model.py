@@ -101,7 +101,11 @@ class AlexNet(nn.Module):
             raise ValueError(f"ops must be one of {sorted(OPS)}, got {ops!r}")
         self.config = config = config if config is not None else AlexNetConfig()
         self.ops = ops
-        self.towers = 2
+        self.towers = 2  # towers held by this module: 2 on one device, 1 after alexnet.parallel splits it
+        # Where this module's activations sit in the one-device, full-batch network, so that the fused
+        # dropout draws the very masks the one-device model would (set by alexnet.parallel.parallelize):
+        self.tower_rank = 0  # which tower this module holds when towers == 1
+        self.data_rank = 0  # which equal shard of the full batch this module sees
         c1, c2, c3, c4, c5, f = config.channels
         s = config.feature_size
         self.conv1 = nn.Conv2d(3, c1, 11, stride=4)
@@ -140,9 +144,15 @@ class AlexNet(nn.Module):
         return x.reshape(n, c, x.shape[2], x.shape[3])
 
     def _relu_dropout(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.config.dropout > 0:
+        if not (self.training and self.config.dropout > 0):
+            return F.relu(x)
+        if self.ops != "fused":
             return OPS[self.ops].relu_dropout(x, self.config.dropout, True)
-        return F.relu(x)
+        # (N, F / towers) at rows data_rank * N, columns tower_rank * F / towers of the whole (batch, F)
+        n, f = x.shape
+        col0 = self.tower_rank * f if self.towers == 1 else 0
+        position = (self.data_rank * n, col0, f * (2 // self.towers))
+        return OPS["fused"].relu_dropout(x, self.config.dropout, True, position=position)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Shapes at the defaults with both towers here; one tower holds half of every C (and of the logits)

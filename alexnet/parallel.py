@@ -199,8 +199,10 @@ def parallelize(model: AlexNet, ctx: ParallelContext) -> nn.Module:
         if model.config.num_classes % 2:
             raise ValueError(f"num_classes={model.config.num_classes} must be even to split fc8 in two")
         _keep_tower(model, ctx.tp_rank)
+        model.tower_rank = ctx.tp_rank
         model.join_towers = TowerGather(ctx.tp_group)
         model.join_logits = TowerGather(ctx.tp_group, replicated_output=True)
+    model.data_rank = ctx.dp_rank  # the fused dropout then draws the full batch's masks for its shard
     model.to(ctx.device)
     if ctx.dp_size > 1:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None

@@ -40,7 +40,10 @@ if triton is not None:
         seed_ptr,  # *i64 (1,) the seed
         numel,  # elements
         threshold, scale,  # keep iff philox >> 1 >= threshold; kept values times 1 / (1 - p)
+        cols, row0, col0, width,  # with REMAP: element (r, c) of x seen as rows of `cols` draws the
+        #                            counter (row0 + r) * width + col0 + c of a larger (rows, width) tensor
         APPLY_RELU: tl.constexpr,  # relu before dropout
+        REMAP: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -48,7 +51,11 @@ if triton is not None:
         x = _upcast(tl.load(x_ptr + offs, mask=m, other=0.0))
         if APPLY_RELU:
             x = _relu(x)
-        keep = _keep(tl.load(seed_ptr), offs, threshold)
+        counter = offs
+        if REMAP:
+            r = offs // cols
+            counter = (r + row0) * width + col0 + (offs - r * cols)
+        keep = _keep(tl.load(seed_ptr), counter, threshold)
         # x * 0 (not 0) where dropped: NaN and inf stay NaN, as in PyTorch's x * mask * scale
         y = x * tl.where(keep, scale, 0.0)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=m)
@@ -81,10 +88,10 @@ def _threshold(p: float) -> int:
     return min(round(p * 2.0**31), 2**31 - 1)
 
 
-def _philox_keep_torch(seed: int, numel: int, threshold: int, device) -> torch.Tensor:
-    """The kernel's keep-mask computed with int64 tensor ops (products of two 32-bit words fit the
-    64-bit wrap-around exactly; the high word is recovered with a shift and a mask)."""
-    idx = torch.arange(numel, dtype=torch.int64, device=device)
+def _philox_keep_torch(seed: int, idx: torch.Tensor, threshold: int) -> torch.Tensor:
+    """The kernel's keep-mask for int64 counters idx, computed with int64 tensor ops (products of two
+    32-bit words fit the 64-bit wrap-around exactly; the high word is recovered with a shift and a
+    mask)."""
     c0, c1 = idx & _MASK32, idx >> 32
     c2 = torch.zeros_like(idx)
     c3 = torch.zeros_like(idx)
@@ -109,9 +116,28 @@ def _memory_order(t: torch.Tensor) -> torch.Tensor:
     return (t.permute(0, 2, 3, 1) if t.dim() == 4 and not t.is_contiguous() else t).reshape(-1)
 
 
-def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool) -> torch.Tensor:
+def _remap(x: torch.Tensor, row0: int, col0: int, width: int):
+    """None when the counters are the flat indices, else (cols, row0, col0, width)."""
+    cols = x.shape[-1] if x.dim() else 1
+    if width == 0 or (row0, col0, width) == (0, 0, cols):
+        return None
+    return cols, row0, col0, width
+
+
+def _counters(numel: int, remap, device) -> torch.Tensor:
+    idx = torch.arange(numel, dtype=torch.int64, device=device)
+    if remap is None:
+        return idx
+    cols, row0, col0, width = remap
+    r = torch.div(idx, cols, rounding_mode="floor")
+    return (r + row0) * width + col0 + (idx - r * cols)
+
+
+def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool, row0: int = 0, col0: int = 0,
+                     width: int = 0) -> torch.Tensor:
     check_same_device("relu_dropout" if relu else "dropout", input=x, seed=seed)
-    x = _dense(x)
+    remap = _remap(x, row0, col0, width)
+    x = _dense(x) if remap is None else x.contiguous()  # positions count rows of the contiguous tensor
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
@@ -119,7 +145,7 @@ def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool) 
         return y.copy_(x * 0.0 if not relu else torch.relu(x) * 0.0)
     scale = 1.0 / (1.0 - p)
     if not use_triton(x):
-        keep = _philox_keep_torch(int(seed.item()), x.numel(), _threshold(p), x.device)
+        keep = _philox_keep_torch(int(seed.item()), _counters(x.numel(), remap, x.device), _threshold(p))
         src = _memory_order(x)
         src = torch.relu(src) if relu else src
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -127,8 +153,9 @@ def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool) 
         _memory_order(y).copy_(src.to(compute) * factor)
         return y
     grid = (triton.cdiv(x.numel(), _CONFIG.constexprs["BLOCK"]),)
-    _dropout_fwd_kernel[grid](x, y, seed, x.numel(), _threshold(p), scale, APPLY_RELU=relu,
-                              **_CONFIG.constexprs, num_warps=_CONFIG.num_warps)
+    _dropout_fwd_kernel[grid](x, y, seed, x.numel(), _threshold(p), scale, *(remap or (1, 0, 0, 0)),
+                              APPLY_RELU=relu, REMAP=remap is not None, **_CONFIG.constexprs,
+                              num_warps=_CONFIG.num_warps)
     return y
 
 
@@ -155,19 +182,24 @@ def _relu_dropout_backward(dy: torch.Tensor, y: torch.Tensor, p: float) -> torch
 
 
 @torch.library.custom_op("alexnet_triton::dropout", mutates_args=())
-def dropout_op(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
-    return _dropout_forward(x, seed, p, relu=False)
+def dropout_op(x: torch.Tensor, seed: torch.Tensor, p: float, row0: int = 0, col0: int = 0,
+               width: int = 0) -> torch.Tensor:
+    return _dropout_forward(x, seed, p, False, row0, col0, width)
+
+
+def _fake_output(x, row0, col0, width):
+    return torch.empty_like(_dense(x) if _remap(x, row0, col0, width) is None else x.contiguous())
 
 
 @dropout_op.register_fake
-def _(x, seed, p):
-    return torch.empty_like(_dense(x))
+def _(x, seed, p, row0=0, col0=0, width=0):
+    return _fake_output(x, row0, col0, width)
 
 
 def _dropout_setup_context(ctx, inputs, output):
-    _, seed, p = inputs
+    _, seed, p, row0, col0, width = inputs
     ctx.save_for_backward(seed)  # 8 bytes: the mask is regenerated from it
-    ctx.p = p
+    ctx.args = (p, row0, col0, width)
     ctx.channels_last = output.dim() == 4 and not output.is_contiguous()
 
 
@@ -175,20 +207,21 @@ def _dropout_backward(ctx, dy):
     (seed,) = ctx.saved_tensors
     # the same memory order as the forward, so element i meets the same Philox counter
     dy = dy.contiguous(memory_format=torch.channels_last) if ctx.channels_last else dy.contiguous()
-    return dropout_op(dy, seed, ctx.p), None, None
+    return dropout_op(dy, seed, *ctx.args), None, None, None, None, None
 
 
 dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
 
 
 @torch.library.custom_op("alexnet_triton::relu_dropout", mutates_args=())
-def relu_dropout_op(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
-    return _dropout_forward(x, seed, p, relu=True)
+def relu_dropout_op(x: torch.Tensor, seed: torch.Tensor, p: float, row0: int = 0, col0: int = 0,
+                    width: int = 0) -> torch.Tensor:
+    return _dropout_forward(x, seed, p, True, row0, col0, width)
 
 
 @relu_dropout_op.register_fake
-def _(x, seed, p):
-    return torch.empty_like(_dense(x))
+def _(x, seed, p, row0=0, col0=0, width=0):
+    return _fake_output(x, row0, col0, width)
 
 
 @torch.library.custom_op("alexnet_triton::relu_dropout_backward", mutates_args=())
@@ -208,7 +241,7 @@ def _relu_dropout_setup_context(ctx, inputs, output):
 
 def _relu_dropout_backward_fn(ctx, dy):
     (y,) = ctx.saved_tensors
-    return relu_dropout_backward_op(dy, y, ctx.p), None, None
+    return relu_dropout_backward_op(dy, y, ctx.p), None, None, None, None, None
 
 
 relu_dropout_op.register_autograd(_relu_dropout_backward_fn, setup_context=_relu_dropout_setup_context)
@@ -234,33 +267,58 @@ def _seed_tensor(seed, device) -> torch.Tensor:
     return torch.tensor([seed], dtype=torch.int64, device=device)
 
 
-def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=None) -> torch.Tensor:
+def _position(op: str, x: torch.Tensor, position) -> tuple[int, int, int]:
+    if position is None:
+        return 0, 0, 0
+    if (not isinstance(position, (tuple, list)) or len(position) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in position)):
+        raise TypeError(f"{op}: position must be (row0, col0, width) ints, got {position!r}")
+    row0, col0, width = position
+    cols = x.shape[-1] if x.dim() else 1
+    if row0 < 0 or col0 < 0 or col0 + cols > width:
+        raise ValueError(f"{op}: position {tuple(position)} does not hold rows of {cols} elements")
+    return row0, col0, width
+
+
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=None, *,
+            position=None) -> torch.Tensor:
     """Inverted dropout (kept values times 1 / (1 - p)) with a counter-based mask: nothing but the
-    seed is kept for backward. ``training=False`` or ``p=0`` returns x; ``p=1`` gives zeros."""
+    seed is kept for backward. ``training=False`` or ``p=0`` returns x; ``p=1`` gives ``x * 0``.
+
+    ``position=(row0, col0, width)``: x (rows of ``x.shape[-1]`` elements) is the block at row
+    ``row0``, column ``col0`` of a larger (rows, width) tensor, and gets that tensor's mask for the
+    same seed: a shard of a batch, or one tower's half of a layer, then drops exactly what the whole
+    tensor on one device would."""
     check_tensor("dropout", x)
     p = check_p("dropout", p)
+    pos = _position("dropout", x, position)
     if not training or p == 0.0:
         return x
-    return dropout_op(x, _seed_tensor(seed, x.device), p)
+    return dropout_op(x, _seed_tensor(seed, x.device), p, *pos)
 
 
-def relu_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=None) -> torch.Tensor:
-    """``dropout(relu(x), p, training)`` in one kernel each way, saving only its output."""
+def relu_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=None, *,
+                 position=None) -> torch.Tensor:
+    """``dropout(relu(x), p, training, seed, position=position)`` in one kernel each way, saving only
+    its output."""
     check_tensor("relu_dropout", x)
     p = check_p("relu_dropout", p)
+    pos = _position("relu_dropout", x, position)
     if not training:
         p = 0.0
-    return relu_dropout_op(x, _seed_tensor(seed if p > 0 else 0, x.device), p)
+    return relu_dropout_op(x, _seed_tensor(seed if p > 0 else 0, x.device), p, *pos)
 
 
 # ------------------------------------------------------------------------- compile-test signatures
 
 if triton is not None:
-    register_kernel("dropout_fwd", _dropout_fwd_kernel, [Config({**_CONFIG.constexprs, "APPLY_RELU": r})
-                                                         for r in (False, True)],
+    register_kernel("dropout_fwd", _dropout_fwd_kernel,
+                    [Config({**_CONFIG.constexprs, "APPLY_RELU": r, "REMAP": m}, _CONFIG.num_warps)
+                     for r in (False, True) for m in (False, True)],
                     lambda dtype: {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "seed_ptr": "*i64",
-                                   "numel": "i64", "threshold": "i32", "scale": "fp32",
-                                   "APPLY_RELU": "constexpr", "BLOCK": "constexpr"})
+                                   "numel": "i64", "threshold": "i32", "scale": "fp32", "cols": "i64",
+                                   "row0": "i64", "col0": "i64", "width": "i64",
+                                   "APPLY_RELU": "constexpr", "REMAP": "constexpr", "BLOCK": "constexpr"})
     register_kernel("relu_dropout_bwd", _relu_dropout_bwd_kernel, [_CONFIG],
                     lambda dtype: {"dy_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}",
                                    "numel": "i64", "scale": "fp32", "BLOCK": "constexpr"})

@@ -325,3 +325,23 @@ def test_fused_saves_no_more_than_eager(full_model_saved_bytes):
 def test_fused_saves_at_most_4mb_per_image(full_model_saved_bytes):
     fused = full_model_saved_bytes["fused"]
     assert fused <= 4e6, f"fused model saves {fused / 1e6:.2f} MB per image for backward, target 4 MB"
+
+
+@pytest.mark.parametrize("path", ["triton", "torch"])
+def test_dropout_of_a_tower_and_a_shard_is_the_one_device_mask(path, seed):
+    """A module holding one tower (towers=1) of one data shard draws, for its block of fc6/fc7, the very
+    masks the one-device model draws for the full batch (alexnet.parallel sets tower_rank and
+    data_rank), so a two-device or data-parallel step with dropout equals the one-device step."""
+    model = AlexNet(AlexNetConfig(num_classes=10, image_size=67, width=0.25), ops="fused").train()
+    x = torch.randn(8, 1024) + 0.5
+    ctx = kernels.triton_disabled() if path == "torch" else contextlib.nullcontext()
+    with ctx:
+        torch.manual_seed(3)
+        full = model._relu_dropout(x)  # (8, 1024): both towers, the whole batch
+        for tower, shard in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+            part = AlexNet(AlexNetConfig(num_classes=10, image_size=67, width=0.25), ops="fused").train()
+            part.towers, part.tower_rank, part.data_rank = 1, tower, shard
+            torch.manual_seed(3)
+            rows, cols = slice(4 * shard, 4 * shard + 4), slice(512 * tower, 512 * tower + 512)
+            assert torch.equal(part._relu_dropout(x[rows, cols]), full[rows, cols]), (tower, shard)
+    assert 0.3 < (full == 0).float().mean() < 0.7  # dropout did act

@@ -22,8 +22,9 @@ SIGNATURES = {
     "relu_lrn": "(x, size=5, alpha=0.0001, beta=0.75, k=2.0)",
     "max_pool2d": "(x, kernel_size=3, stride=2, padding=0)",
     "relu_lrn_max_pool2d": "(x, size=5, alpha=0.0001, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0)",
-    "dropout": "(x, p=0.5, training=True, seed=None)",
-    "relu_dropout": "(x, p=0.5, training=True, seed=None)",
+    # the signature, plus a keyword-only extension (where x sits in a larger tensor's mask)
+    "dropout": "(x, p=0.5, training=True, seed=None, *, position=None)",
+    "relu_dropout": "(x, p=0.5, training=True, seed=None, *, position=None)",
 }
 
 

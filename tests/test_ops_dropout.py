@@ -5,6 +5,7 @@ output (nonzero where the input was nonzero). Statistics: keep rate within 6 bin
 deviations. Seeds: same seed same mask, different seeds different masks, seed=None follows
 torch.manual_seed without reseeding the global generator."""
 
+import contextlib
 import math
 
 import pytest
@@ -377,3 +378,27 @@ def test_dropout_rejects_p_outside_0_1(path, op_name, p):
 def test_dropout_rejects_integer_dtypes(path, op_name, dtype):
     with on_path(path), pytest.raises(ERRORS, match=op_name):
         OPS[op_name](torch.ones(10, dtype=dtype), 0.5, True, 1)
+
+
+@pytest.mark.parametrize("path", ["triton", "torch"])
+@pytest.mark.parametrize("op", ["dropout", "relu_dropout"])
+def test_position_gives_the_larger_tensors_mask(path, op):
+    """position=(row0, col0, width): a block of a larger (rows, width) tensor gets that tensor's mask for
+    the same seed, forward and backward (how a tower or a data shard keeps the one-device masks)."""
+    fn = getattr(kernels, op)
+    x = torch.randn(6, 10) + 0.5
+    ctx = kernels.triton_disabled() if path == "torch" else contextlib.nullcontext()
+    with ctx:
+        full = fn(x, 0.5, seed=11)
+        blocks = [(slice(0, 6), slice(5, 10)), (slice(2, 4), slice(0, 5)), (slice(3, 6), slice(1, 8))]
+        for rows, cols in blocks:
+            part = x[rows, cols].clone().requires_grad_()
+            y = fn(part, 0.5, seed=11, position=(rows.start, cols.start, 10))
+            assert torch.equal(y, full[rows, cols]), (rows, cols)
+            (g,) = torch.autograd.grad(y, part, torch.ones_like(y))
+            assert torch.equal(g, (y != 0).to(g.dtype) * 2.0)
+        assert not torch.equal(fn(x[:, 5:], 0.5, seed=11), full[:, 5:]), "without position: another mask"
+        with pytest.raises(ValueError, match=op):
+            fn(x, 0.5, seed=11, position=(0, 5, 10))  # 10 columns do not fit at column 5 of 10
+        with pytest.raises(TypeError, match=op):
+            fn(x, 0.5, seed=11, position=(0, 5))

@@ -148,6 +148,8 @@ def _data_and_towers_worker(out_dir: str):
         model.load_state_dict(reference.state_dict())
     module = parallelize(model, ctx)
     assert isinstance(module, torch.nn.parallel.DistributedDataParallel)
+    # where the fused dropout finds this rank's block of the full batch's masks (test_model.py checks them)
+    assert (module.module.data_rank, module.module.tower_rank) == (ctx.dp_rank, ctx.tp_rank)
 
     x, y = batch(8)
     before = full_state_dict(module, ctx)
