@@ -17,8 +17,8 @@ Its preset scales the network down so that it learns in about two minutes on 2 C
 stays at chance loss at this size). Everything else is the paper's: the layers, ReLU + LRN, overlapping
 pooling, dropout, the tower split, SGD with momentum and weight decay, crops, flips, PCA colour noise and
 10-crop testing. With --data the defaults are the paper's: 256 -> 227 crops, full width, N(0, 0.01)
-weights with biases 1 in conv2/4/5 and fc6/7, batch 128, 90 epochs; on one H100 an epoch of ImageNet
-takes minutes rather than the paper's 1.5 hours, and the data loading (--workers) sets the pace.
+weights with biases 1 in conv2/4/5 and fc6/7, batch 128, 90 epochs (a GPU run has not been timed yet; on
+ImageNet the JPEG decoding, --workers, is likely to set the pace).
 
 Every flag's default is the paper's value unless the help says otherwise.
 """
