@@ -14,7 +14,6 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -25,13 +24,6 @@ import kernels
 # State of the kernels package
 # ----------------------------------------------------------------------------------------------
 
-#: True while kernels/__init__.py is the temporary stand-in on the reference ops.
-STAND_IN = not hasattr(kernels, "triton_disabled")
-
-#: Marker for checks that only the real fused ops can pass (saved bytes, seeds, error messages).
-#: It is an xfail only while the stand-in is in place; with the real kernels it is a plain test.
-real_kernels_only = pytest.mark.xfail(STAND_IN, reason="kernels/ is the stand-in on the reference ops",
-                                      strict=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,19 +215,14 @@ PATHS = ["triton", "torch"]
 def on_path(path: str):
     if path == "triton":
         yield
-    elif STAND_IN:
-        pytest.skip("kernels.triton_disabled() lands with the real kernels")
     else:
         with kernels.triton_disabled():
             yield
 
 
 def custom_op(name: str):
-    """``torch.ops.alexnet_triton.<name>.default`` or skip while it is not registered."""
-    try:
-        return getattr(torch.ops.alexnet_triton, name).default
-    except (AttributeError, RuntimeError):
-        pytest.skip(f"torch.ops.alexnet_triton.{name} not registered yet (stand-in kernels)")
+    """``torch.ops.alexnet_triton.<name>.default``."""
+    return getattr(torch.ops.alexnet_triton, name).default
 
 
 # ----------------------------------------------------------------------------------------------

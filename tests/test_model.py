@@ -319,9 +319,6 @@ def test_fused_saves_no_more_than_eager(full_model_saved_bytes):
     assert b["fused"] <= b["eager"]
 
 
-# An xfail only while kernels/ is the stand-in on the reference ops; a plain test once the fused kernels land.
-@pytest.mark.xfail(not hasattr(kernels, "triton_disabled"), strict=False,
-                   reason="kernels/ is still the stand-in on the reference ops")
 def test_fused_saves_at_most_4mb_per_image(full_model_saved_bytes):
     fused = full_model_saved_bytes["fused"]
     assert fused <= 4e6, f"fused model saves {fused / 1e6:.2f} MB per image for backward, target 4 MB"

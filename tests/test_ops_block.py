@@ -31,7 +31,6 @@ from tests._utils import (
     pool_out_size,
     pool_params,
     pool_shapes,
-    real_kernels_only,
     ref_forward_backward,
     seeds,
     to_memory_format,
@@ -130,7 +129,6 @@ def test_relu_lrn_max_pool2d_nan_inf(path, dtype):
     assert out[0, 2:5, :2, :2].isnan().all()
 
 
-@real_kernels_only
 @pytest.mark.parametrize("op", ["max_pool2d", "relu_lrn_max_pool2d"])
 @pytest.mark.parametrize("fwd_path,bwd_path", [("triton", "torch"), ("torch", "triton")])
 def test_saved_argmax_means_the_same_on_both_paths(op, fwd_path, bwd_path):
@@ -211,7 +209,6 @@ def saved_bytes(fn, x):
     return sum(n for n, _, _ in storages.values()), storages, out
 
 
-@real_kernels_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_relu_lrn_max_pool2d_saves_at_most_input_plus_one_byte_per_output(dtype, fmt):
@@ -239,7 +236,6 @@ def test_relu_lrn_max_pool2d_empty_batch(path, dtype):
     assert x.grad.shape == x.shape
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
 def test_relu_lrn_max_pool2d_rejects_integer_dtypes(path, dtype):
@@ -247,7 +243,6 @@ def test_relu_lrn_max_pool2d_rejects_integer_dtypes(path, dtype):
         kernels.relu_lrn_max_pool2d(torch.ones(1, 4, 5, 5, dtype=dtype))
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("shape", [(4, 5, 5), (25,), (1, 1, 4, 5, 5)])
 def test_relu_lrn_max_pool2d_rejects_wrong_rank(path, shape):
@@ -255,7 +250,6 @@ def test_relu_lrn_max_pool2d_rejects_wrong_rank(path, shape):
         kernels.relu_lrn_max_pool2d(torch.ones(shape))
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kwargs", [
     pytest.param(dict(size=0), id="size0"),

@@ -9,7 +9,6 @@ import torch
 import kernels
 from kernels import reference
 from tests._utils import (
-    STAND_IN,
     TOLERANCES,
     assert_close_verbose,
     grad_tol,
@@ -61,8 +60,6 @@ def eager_and_compiled(backend, fmt="contiguous", dtype=torch.float32):
     return results
 
 
-@pytest.mark.xfail(STAND_IN, reason="stand-in dropout ignores the seed: eager and compiled masks differ",
-                   strict=False)
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_compile_fullgraph_aot_eager_matches_eager(fmt):
     torch._dynamo.reset()
@@ -72,8 +69,6 @@ def test_compile_fullgraph_aot_eager_matches_eager(fmt):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(STAND_IN, reason="stand-in dropout ignores the seed: eager and compiled masks differ",
-                   strict=False)
 def test_compile_fullgraph_inductor_matches_eager():
     torch._dynamo.reset()
     (out, grad), (cout, cgrad) = eager_and_compiled("inductor")

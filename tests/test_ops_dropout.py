@@ -27,7 +27,6 @@ from tests._utils import (
     make_grad,
     make_values,
     on_path,
-    real_kernels_only,
     seeds,
     to_memory_format,
 )
@@ -194,7 +193,6 @@ def test_relu_dropout_negative_values_give_zero_and_no_gradient(path):
                          name="relu_dropout forward")
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
 def test_dropout_same_seed_same_mask_different_seeds_different_masks(path, op_name):
@@ -213,7 +211,6 @@ def test_dropout_same_seed_same_mask_different_seeds_different_masks(path, op_na
         assert 0.4 < agree < 0.6, f"seeds {s1} and {s2}: masks agree on {agree:.3f} of elements (expect ~0.5)"
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
 def test_dropout_seed_none_follows_manual_seed_without_reseeding(path, op_name):
@@ -243,7 +240,6 @@ def test_dropout_seed_none_follows_manual_seed_without_reseeding(path, op_name):
         torch.set_rng_state(state)
 
 
-@real_kernels_only
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
 @pytest.mark.parametrize("shape,lay", [((5000,), "contiguous"), ((2, 3, 17, 19), "channels_last"),
                                        ((40, 70), "strided")])
@@ -341,7 +337,6 @@ def saved_storages(fn, x):
     return storages, out
 
 
-@real_kernels_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_relu_dropout_saves_only_its_output(dtype):
     x = nonzero_values((16, 300), 14, dtype).requires_grad_()
@@ -353,7 +348,6 @@ def test_relu_dropout_saves_only_its_output(dtype):
     assert extra <= 64, f"relu_dropout saved {extra} more bytes: {list(storages.values())}"
 
 
-@real_kernels_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_saves_no_activation_sized_tensor(dtype):
     x = nonzero_values((16, 300), 15, dtype).requires_grad_()
@@ -362,7 +356,6 @@ def test_dropout_saves_no_activation_sized_tensor(dtype):
     assert total <= 64, f"dropout saved {total} bytes (mask or activation?): {list(storages.values())}"
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
 @pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), float("inf")])
@@ -371,7 +364,6 @@ def test_dropout_rejects_p_outside_0_1(path, op_name, p):
         OPS[op_name](torch.ones(10), p, True, 1)
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])

@@ -27,7 +27,6 @@ from tests._utils import (
     nchw_shapes,
     on_path,
     op_forward_backward,
-    real_kernels_only,
     ref_forward_backward,
     seeds,
     to_memory_format,
@@ -148,7 +147,6 @@ def test_relu_lrn_empty_input(path, dtype):
         assert x.grad.shape == shape
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
 def test_relu_lrn_rejects_integer_dtypes(path, dtype):
@@ -157,7 +155,6 @@ def test_relu_lrn_rejects_integer_dtypes(path, dtype):
         kernels.relu_lrn(x)
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("shape", [(4, 3, 3), (12,), (), (1, 4, 3, 3, 2)])
 def test_relu_lrn_rejects_wrong_rank(path, shape):
@@ -166,7 +163,6 @@ def test_relu_lrn_rejects_wrong_rank(path, shape):
         kernels.relu_lrn(x)
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("size", [0, -1, -5])
 def test_relu_lrn_rejects_size_below_one(path, size):

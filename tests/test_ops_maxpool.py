@@ -29,7 +29,6 @@ from tests._utils import (
     pool_out_size,
     pool_params,
     pool_shapes,
-    real_kernels_only,
     ref_forward_backward,
     seeds,
     to_memory_format,
@@ -196,7 +195,6 @@ def test_max_pool2d_empty_batch(path, dtype):
     assert x.grad.shape == x.shape
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
 def test_max_pool2d_rejects_integer_dtypes(path, dtype):
@@ -204,7 +202,6 @@ def test_max_pool2d_rejects_integer_dtypes(path, dtype):
         kernels.max_pool2d(torch.ones(1, 2, 5, 5, dtype=dtype))
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("shape", [(2, 5, 5), (25,), (1, 1, 2, 5, 5)])
 def test_max_pool2d_rejects_wrong_rank(path, shape):
@@ -229,7 +226,6 @@ BAD_POOL_PARAMS = [
 ]
 
 
-@real_kernels_only
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kernel,stride,padding", BAD_POOL_PARAMS)
 def test_max_pool2d_rejects_what_f_max_pool2d_rejects(path, kernel, stride, padding):
