@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import kernels
 from train import data, engine, run
 from train.data import Preprocess
 
@@ -133,14 +134,17 @@ def test_fused_ops_run(tiny_data, tmp_path, capfd):
 # ---------------------------------------------------------------------------------------------------------
 # Two towers in two gloo processes against one device.
 
-def test_two_gloo_processes_match_one_device(tiny_data, tmp_path, capfd):
-    # Dropout off: each tower draws the mask of its own half of fc6/fc7 (as the paper's two GPUs did), so
-    # with dropout the two-process masks differ from the one-device ones.
-    args = ["--data", tiny_data, "--epochs", 1, "--max-steps-per-epoch", 3, "--dropout", 0,
+def test_two_gloo_processes_match_one_device(tiny_data, tmp_path, capfd, monkeypatch):
+    # With dropout: the fused dropout gives each tower the one-device masks of its half of fc6/fc7.
+    # Both runs take the ops' plain-PyTorch path (the same Philox masks as the kernels; the interpreter
+    # would take minutes): triton_disabled here, TRITON_INTERPRET=0 for the spawned ranks.
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    args = ["--data", tiny_data, "--epochs", 1, "--max-steps-per-epoch", 3, "--ops", "fused",
             "--ten-crop", "final"]
-    rc1, out1, err1 = train(capfd, *args, "--out", tmp_path / "one")
-    # with a DataLoader worker: the launched ranks are spawned processes, their workers must start too
-    rc2, out2, err2 = train(capfd, *args, "--out", tmp_path / "two", "--gpus", 2, "--workers", 1)
+    with kernels.triton_disabled():
+        rc1, out1, err1 = train(capfd, *args, "--out", tmp_path / "one")
+        # with a DataLoader worker: the launched ranks are spawned processes, their workers must start too
+        rc2, out2, err2 = train(capfd, *args, "--out", tmp_path / "two", "--gpus", 2, "--workers", 1)
     assert rc1 == 0 and rc2 == 0, err1 + err2
     if not torch.cuda.is_available():
         assert "two CPU processes over gloo" in out2
