@@ -50,15 +50,18 @@ def _pow(s, e):
 
 @triton.jit
 def _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo):
-    """sum over c' in [c - lo, c - lo + size) of relu(x[c'])^2, for a tile of channels c and
-    spatial offsets sp_off; channels outside [0, C) count as 0 (PyTorch's zero padding)."""
+    """(sum over c' in [c - lo, c - lo + size) of relu(x[c'])^2, relu(x[c])) for a tile of channels c
+    and spatial offsets sp_off; channels outside [0, C) count as 0 (PyTorch's zero padding). The
+    centre comes from the same loads, so the caller needs no load of its own."""
     acc = _acc_zeros(valid, x_ptr)
+    centre = acc
     for j in range(size):
         cc = c + (j - lo)
         m = valid & (cc >= 0) & (cc < C)
         v = _relu(_upcast(tl.load(x_ptr + base + cc.to(tl.int64) * s_c + sp_off, mask=m, other=0.0)))
         acc += v * v
-    return acc
+        centre = tl.where(j == lo, v, centre)
+    return acc, centre
 
 
 @triton.jit

@@ -46,10 +46,9 @@ if triton is not None:
         sp_off = hw.to(tl.int64) * s_hw
         valid = (c < C) & (hw < HW)
 
-        s = k + alpha_n * _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo)
+        sumsq, r = _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo)
         offs = base + c.to(tl.int64) * s_c + sp_off
-        r = _relu(_upcast(tl.load(x_ptr + offs, mask=valid, other=0.0)))
-        y = r * _pow(s, -beta)
+        y = r * _pow(k + alpha_n * sumsq, -beta)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
 
     # Backward (Caffe's lrn_layer derivation, with relu in front). With t_c = dy_c * r_c * s_c^(-beta-1):
@@ -80,9 +79,9 @@ if triton is not None:
         for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
             cp = c + (d - hi)
             m = valid & (cp >= 0) & (cp < C)
-            s_cp = k + alpha_n * _window_sumsq(x_ptr, base, sp_off, cp, C, m, s_c, size, lo)
+            sumsq, r_cp = _window_sumsq(x_ptr, base, sp_off, cp, C, m, s_c, size, lo)
+            s_cp = k + alpha_n * sumsq
             offs_cp = base + cp.to(tl.int64) * s_c + sp_off
-            r_cp = _relu(_upcast(tl.load(x_ptr + offs_cp, mask=m, other=0.0)))
             dy_cp = _upcast(tl.load(dy_ptr + offs_cp, mask=m, other=0.0))
             t_sum += tl.where(m, dy_cp * r_cp * _pow(s_cp, -beta - 1.0), 0.0)
             s_self = tl.where(d == hi, s_cp, s_self)

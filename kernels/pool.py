@@ -71,9 +71,10 @@ if triton is not None:
                 sp_off = ih.to(tl.int64) * s_h + iw.to(tl.int64) * s_w
                 v = _upcast(tl.load(x_ptr + x_base + c_off + sp_off, mask=inb, other=float("-inf")))
                 if FUSE_LRN:
-                    s = k + alpha_n * _window_sumsq(x_ptr, x_base, sp_off, c, C, inb, s_c, size, lo)
+                    # (the window's centre is loaded again above: reusing it spills on sm_80 in float64)
+                    sumsq, _ = _window_sumsq(x_ptr, x_base, sp_off, c, C, inb, s_c, size, lo)
                     # round to the output dtype before comparing, as the unfused ops would
-                    v = _upcast((_relu(v) * _pow(s, -beta)).to(y_ptr.dtype.element_ty))
+                    v = _upcast((_relu(v) * _pow(k + alpha_n * sumsq, -beta)).to(y_ptr.dtype.element_ty))
                 take = inb & ((v > best) | (v != v))
                 best = tl.where(take, v, best)
                 arg = tl.where(take, kh * KW + kw, arg)
@@ -119,9 +120,8 @@ if triton is not None:
             for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
                 cp = c + (d - hi)
                 m = valid & (cp >= 0) & (cp < C)
-                s_cp = k + alpha_n * _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo)
-                r_cp = _relu(_upcast(tl.load(x_ptr + x_base + cp.to(tl.int64) * s_c + sp_off, mask=m,
-                                             other=0.0)))
+                sumsq, r_cp = _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo)
+                s_cp = k + alpha_n * sumsq
                 g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, OH, OW, o_c, o_h, o_w,
                                          KH, KW, SH, SW, PH, PW, NH, NW)
                 t_sum += tl.where(m, g_cp * r_cp * _pow(s_cp, -beta - 1.0), 0.0)
