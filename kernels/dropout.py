@@ -111,6 +111,11 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t dense in the layout whose memory order the mask was drawn over."""
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t.contiguous()
+
+
 def _memory_order(t: torch.Tensor) -> torch.Tensor:
     """A flat view of a dense tensor in memory order."""
     return (t.permute(0, 2, 3, 1) if t.dim() == 4 and not t.is_contiguous() else t).reshape(-1)
@@ -162,8 +167,7 @@ def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool, 
 def _relu_dropout_backward(dy: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
     check_same_device("relu_dropout", grad=dy, output=y)
     y = _dense(y)
-    dy = dy.contiguous(memory_format=torch.channels_last) if y.dim() == 4 and not y.is_contiguous() \
-        else dy.contiguous()
+    dy = _in_layout(dy, y.dim() == 4 and not y.is_contiguous())
     dx = torch.empty_like(y)
     if y.numel() == 0:
         return dx
@@ -206,8 +210,7 @@ def _dropout_setup_context(ctx, inputs, output):
 def _dropout_backward(ctx, dy):
     (seed,) = ctx.saved_tensors
     # the same memory order as the forward, so element i meets the same Philox counter
-    dy = dy.contiguous(memory_format=torch.channels_last) if ctx.channels_last else dy.contiguous()
-    return dropout_op(dy, seed, *ctx.args), None, None, None, None, None
+    return dropout_op(_in_layout(dy, ctx.channels_last), seed, *ctx.args), None, None, None, None, None
 
 
 dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)

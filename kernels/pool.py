@@ -201,9 +201,8 @@ def _pool_forward(x, kernel, stride, padding, lrn):
     fmt = memory_format(x)
     x = dense(x, fmt)
     n, c, h, w = x.shape
-    oh, ow = pool_out_size(h, w, kernel, stride, padding)
-    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
-    am = torch.empty((n, c, oh, ow), dtype=_argmax_dtype(kernel), device=x.device, memory_format=fmt)
+    y, am = _pooled_outputs(x, kernel, stride, padding)  # in fmt, as the fake implementation allocates
+    oh, ow = y.shape[2:]
     if y.numel() == 0:
         return y, am
     if not use_triton(x):
@@ -230,7 +229,7 @@ def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
     dy = dense(dy, fmt)
     n, c = dy.shape[:2]
     h, w = input_hw
-    dx = torch.empty((n, c, h, w), dtype=dy.dtype, device=dy.device, memory_format=fmt)
+    dx = _input_grad(dy, am, x, input_hw)
     if x is not None:
         x = dense(x, fmt)
     if dx.numel() == 0:
@@ -256,7 +255,8 @@ def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
     return dx
 
 
-def _pooled_fake(x, kernel, stride, padding):
+def _pooled_outputs(x, kernel, stride, padding):
+    """Empty (pooled output, argmax) in x's memory format: the real op's and the fake one's."""
     fmt = memory_format(x)
     n, c, h, w = x.shape
     oh, ow = pool_out_size(h, w, kernel, stride, padding)
@@ -265,7 +265,8 @@ def _pooled_fake(x, kernel, stride, padding):
     return y, am
 
 
-def _grad_fake(dy, am, x, input_hw, kernel):
+def _input_grad(dy, am, x, input_hw):
+    """Empty input gradient in the input's memory format (the argmax's when x is not saved)."""
     fmt = memory_format(am) if x is None else memory_format(x)
     return torch.empty((dy.shape[0], dy.shape[1], *input_hw), dtype=dy.dtype, device=dy.device,
                        memory_format=fmt)
@@ -282,7 +283,7 @@ def max_pool2d_op(x: torch.Tensor, kernel_size: list[int], stride: list[int],
 
 @max_pool2d_op.register_fake
 def _(x, kernel_size, stride, padding):
-    return _pooled_fake(x, kernel_size, stride, padding)
+    return _pooled_outputs(x, kernel_size, stride, padding)
 
 
 @torch.library.custom_op("alexnet_triton::max_pool2d_backward", mutates_args=())
@@ -293,7 +294,7 @@ def max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, input_hw: lis
 
 @max_pool2d_backward_op.register_fake
 def _(dy, argmax, input_hw, kernel_size, stride, padding):
-    return _grad_fake(dy, argmax, None, input_hw, kernel_size)
+    return _input_grad(dy, argmax, None, input_hw)
 
 
 def _pool_setup_context(ctx, inputs, output):
@@ -319,7 +320,7 @@ def relu_lrn_max_pool2d_op(x: torch.Tensor, size: int, alpha: float, beta: float
 
 @relu_lrn_max_pool2d_op.register_fake
 def _(x, size, alpha, beta, k, kernel_size, stride, padding):
-    return _pooled_fake(x, kernel_size, stride, padding)
+    return _pooled_outputs(x, kernel_size, stride, padding)
 
 
 @torch.library.custom_op("alexnet_triton::relu_lrn_max_pool2d_backward", mutates_args=())
@@ -332,7 +333,7 @@ def relu_lrn_max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, x: t
 
 @relu_lrn_max_pool2d_backward_op.register_fake
 def _(dy, argmax, x, size, alpha, beta, k, kernel_size, stride, padding):
-    return _grad_fake(dy, argmax, x, list(x.shape[2:]), kernel_size)
+    return _input_grad(dy, argmax, x, list(x.shape[2:]))
 
 
 def _block_setup_context(ctx, inputs, output):
