@@ -40,7 +40,10 @@ def triton_disabled():
 
 
 def use_triton(x: torch.Tensor) -> bool:
-    """True where the Triton kernel runs: CUDA tensors, and CPU tensors under the interpreter."""
+    """True where the Triton kernel runs: CUDA tensors, and CPU tensors under the interpreter (or
+    while ``recording`` launches)."""
+    if getattr(_state, "recorder", None) is not None:
+        return True
     if x.device.type == "cuda":
         if not HAS_TRITON:
             raise RuntimeError("alexnet_triton: CUDA tensors need Triton, which is not installed")
@@ -160,3 +163,56 @@ KERNELS: dict[str, tuple] = {}
 
 def register_kernel(name: str, fn, configs: Sequence[Config], signature) -> None:
     KERNELS[name] = (fn, tuple(configs), signature)
+
+
+# ------------------------------------------------------------------------------------- launching
+
+
+@dataclass
+class Launch:
+    """One kernel launch as a launcher issues it: what ``recording`` hands to its callback."""
+
+    name: str  # the kernel's registered name, e.g. "relu_lrn_fwd"
+    fn: object  # the @triton.jit function
+    grid: tuple  # (programs,)
+    args: tuple  # positional arguments, tensors included
+    constexprs: dict  # constexpr keyword arguments
+    num_warps: int
+    trips: tuple  # mean trip count per program of each runtime (not unrolled) loop, in source order
+    device: torch.device
+
+
+@contextlib.contextmanager
+def recording(callback):
+    """Inside this block every op takes its Triton path on any tensor (CPU tensors too) and, instead
+    of launching, hands each launch to ``callback(Launch)``; outputs are left unwritten. Used by
+    ``bench/sass_cost.py`` to compile exactly what a launch would, without a GPU."""
+    previous = getattr(_state, "recorder", None)
+    _state.recorder = callback
+    try:
+        yield
+    finally:
+        _state.recorder = previous
+
+
+def device_guard(device: torch.device):
+    """Launch on the tensor's own device, not the current one (a tensor on cuda:1 while cuda:0 is
+    current)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def launch(name: str, fn, grid: tuple, args: tuple, cfg: Config, device: torch.device,
+           trips: tuple = (), **constexprs) -> None:
+    """Launch ``fn[grid](*args, **cfg.constexprs, **constexprs)`` under ``device``'s guard (or hand it
+    to the active recorder). ``trips``: the mean trip count per program of each runtime loop of the
+    kernel, in source order, for the static cost report."""
+    constexprs = {**cfg.constexprs, **constexprs}
+    with device_guard(device):
+        recorder = getattr(_state, "recorder", None)
+        if recorder is not None:
+            recorder(Launch(name, fn, tuple(grid), tuple(args), constexprs, cfg.num_warps, tuple(trips),
+                            device))
+            return
+        fn[grid](*args, **constexprs, num_warps=cfg.num_warps)

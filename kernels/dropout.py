@@ -12,7 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Config, check_p, check_same_device, check_tensor, register_kernel, tl, triton, use_triton
+from ._common import (
+    Config,
+    check_p,
+    check_same_device,
+    check_tensor,
+    launch,
+    register_kernel,
+    tl,
+    triton,
+    use_triton,
+)
 
 # Philox4x32 constants (Salmon et al., SC'11), as in Triton's tl.philox
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -158,9 +168,9 @@ def _dropout_forward(x: torch.Tensor, seed: torch.Tensor, p: float, relu: bool, 
         _memory_order(y).copy_(src.to(compute) * factor)
         return y
     grid = (triton.cdiv(x.numel(), _CONFIG.constexprs["BLOCK"]),)
-    _dropout_fwd_kernel[grid](x, y, seed, x.numel(), _threshold(p), scale, *(remap or (1, 0, 0, 0)),
-                              APPLY_RELU=relu, REMAP=remap is not None, **_CONFIG.constexprs,
-                              num_warps=_CONFIG.num_warps)
+    launch("dropout_fwd", _dropout_fwd_kernel, grid,
+           (x, y, seed, x.numel(), _threshold(p), scale, *(remap or (1, 0, 0, 0))), _CONFIG, x.device,
+           APPLY_RELU=relu, REMAP=remap is not None)
     return y
 
 
@@ -177,8 +187,8 @@ def _relu_dropout_backward(dy: torch.Tensor, y: torch.Tensor, p: float) -> torch
     if not use_triton(y):
         return dx.copy_(torch.where(y > 0, dy * scale, torch.zeros_like(dy)))
     grid = (triton.cdiv(y.numel(), _CONFIG.constexprs["BLOCK"]),)
-    _relu_dropout_bwd_kernel[grid](dy, y, dx, y.numel(), scale, **_CONFIG.constexprs,
-                                   num_warps=_CONFIG.num_warps)
+    launch("relu_dropout_bwd", _relu_dropout_bwd_kernel, grid, (dy, y, dx, y.numel(), scale), _CONFIG,
+           y.device)
     return dx
 
 

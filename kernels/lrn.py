@@ -17,6 +17,7 @@ from ._common import (
     check_same_device,
     check_tensor,
     dense,
+    launch,
     memory_format,
     register_kernel,
     tl,
@@ -207,8 +208,10 @@ def _launch(kernel, tensors, x: torch.Tensor, fmt, size, alpha, beta, k) -> None
     n, c, h, w = x.shape
     cfg = (_FWD_CONFIGS if kernel is _relu_lrn_fwd_kernel else _BWD_CONFIGS)[fmt]
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
-    kernel[grid](*tensors, c, h * w, x.stride(0), x.stride(1), x.stride(3), size, _lrn_window(size),
-                 alpha / size, beta, k, **cfg.constexprs, num_warps=cfg.num_warps)
+    name = "relu_lrn_fwd" if kernel is _relu_lrn_fwd_kernel else "relu_lrn_bwd"
+    trips = (size,) if kernel is _relu_lrn_fwd_kernel else (size, size)
+    launch(name, kernel, grid, (*tensors, c, h * w, x.stride(0), x.stride(1), x.stride(3), size,
+                                _lrn_window(size), alpha / size, beta, k), cfg, x.device, trips)
 
 
 def launch_seq_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
@@ -218,9 +221,10 @@ def launch_seq_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
     cfg = seq_config(size, pool)
     grid = (triton.cdiv(c, cfg.constexprs["CHUNK"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     kernel, stride, padding = pool or ((1, 1), (1, 1), (0, 0))  # ignored without pooling
-    _lrn_bwd_seq_kernel[grid](x, dy, dx if am is None else am, dx, c, h, w, dy.shape[2], dy.shape[3],
-                              *x.stride(), *dy.stride(), *kernel, *stride, *padding, size, _lrn_window(size),
-                              alpha / size, beta, k, **cfg.constexprs, num_warps=cfg.num_warps)
+    launch("lrn_bwd_seq", _lrn_bwd_seq_kernel, grid,
+           (x, dy, dx if am is None else am, dx, c, h, w, dy.shape[2], dy.shape[3], *x.stride(), *dy.stride(),
+            *kernel, *stride, *padding, size, _lrn_window(size), alpha / size, beta, k), cfg, x.device,
+           (min(cfg.constexprs["CHUNK"], c) + 2 * size - 2,))
 
 
 def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from ._common import (
     check_same_device,
     check_tensor,
     dense,
+    launch,
     memory_format,
     pool_args,
     pool_out_size,
@@ -213,10 +214,10 @@ def _pool_forward(x, kernel, stride, padding, lrn):
         return y, am
     cfg = _FWD_CONFIGS[(fmt, lrn is not None)]
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(oh * ow, cfg.constexprs["BLOCK_P"]) * n,)
-    _pool_fwd_kernel[grid](
-        x, y, am, c, h, w, ow, oh * ow, *x.stride(), *y.stride(), *kernel, *stride, *padding,
-        *_lrn_launch_args(lrn or _NO_LRN), FUSE_LRN=lrn is not None,
-        **cfg.constexprs, num_warps=cfg.num_warps)
+    launch("max_pool2d_fwd" if lrn is None else "relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
+           (x, y, am, c, h, w, ow, oh * ow, *x.stride(), *y.stride(), *kernel, *stride, *padding,
+            *_lrn_launch_args(lrn or _NO_LRN)), cfg, x.device,
+           (kernel[0], kernel[1]) + (() if lrn is None else (lrn[0],)), FUSE_LRN=lrn is not None)
     return y, am
 
 
@@ -248,10 +249,10 @@ def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
         return dx
     cfg = _BWD_CONFIGS[(fmt, lrn is not None)]
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
-    _pool_bwd_kernel[grid](
-        dx if x is None else x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *dx.stride(), *dy.stride(),
-        *kernel, *stride, *padding, *_lrn_launch_args(lrn or _NO_LRN),
-        FUSE_LRN=lrn is not None, **cfg.constexprs, num_warps=cfg.num_warps)
+    launch("max_pool2d_bwd" if lrn is None else "relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
+           (dx if x is None else x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *dx.stride(), *dy.stride(),
+            *kernel, *stride, *padding, *_lrn_launch_args(lrn or _NO_LRN)), cfg, dy.device,
+           () if lrn is None else (lrn[0], lrn[0]), FUSE_LRN=lrn is not None)
     return dx
 
 
