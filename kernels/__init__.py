@@ -14,9 +14,10 @@ without a GPU); ``triton_disabled()`` switches CPU tensors back to the plain-PyT
 
 from . import reference
 from ._common import HAS_TRITON, INTERPRET, triton_disabled, use_triton
+from .block import relu_lrn_max_pool2d
 from .dropout import dropout, relu_dropout
 from .lrn import relu_lrn
-from .pool import max_pool2d, relu_lrn_max_pool2d
+from .pool import max_pool2d
 
 __all__ = [
     "relu_lrn",

@@ -1,4 +1,4 @@
-"""Max-pooling, alone (``max_pool2d``) and fused behind ReLU + LRN (``relu_lrn_max_pool2d``).
+"""Max-pooling: ``max_pool2d``.
 
 Forward keeps, per pooled output, the position of the maximum inside its window as one byte
 (kh * KW + kw; int32 for windows of more than 256 elements) instead of PyTorch's int64 flat index.
@@ -14,24 +14,21 @@ maximum in row-major order and the last NaN wins); padding never wins.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ._common import (
     Config,
-    check_lrn_args,
     check_same_device,
     check_tensor,
     dense,
     launch,
     memory_format,
     pool_args,
-    pool_out_size,
     register_kernel,
     tl,
     triton,
     use_triton,
 )
-from .lrn import _lrn_window, launch_seq_backward, lrn_backward_torch, lrn_forward_torch, use_seq_backward
+from ._pooling import input_grad, pool_backward_torch, pool_forward_torch, pooled_outputs
 
 # ------------------------------------------------------------------------------------- kernels
 
@@ -139,138 +136,58 @@ if triton is not None:
 
 # ------------------------------------------------------------------------------------ launchers
 
-# Launch configurations by (memory format, fused with LRN). NCHW tiles are long along the contiguous
-# pixel axis, channels_last ones along C. Each is the largest tile that ptxas builds without spilling
-# for every dtype on sm_80 and sm_90 (tests/test_compile_sm.py checks that).
+# Launch configurations by memory format. NCHW tiles are long along the contiguous pixel axis,
+# channels_last ones along C.
 _FWD_CONFIGS = {
-    (torch.contiguous_format, False): Config(dict(BLOCK_C=4, BLOCK_P=64), num_warps=4),
-    (torch.channels_last, False): Config(dict(BLOCK_C=16, BLOCK_P=16), num_warps=4),
-    (torch.contiguous_format, True): Config(dict(BLOCK_C=8, BLOCK_P=64), num_warps=4),
-    (torch.channels_last, True): Config(dict(BLOCK_C=32, BLOCK_P=16), num_warps=4),
+    torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_P=64), num_warps=4),
+    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_P=16), num_warps=4),
 }
 _BWD_CONFIGS = {
-    (torch.contiguous_format, False): Config(dict(BLOCK_C=4, BLOCK_HW=128), num_warps=4),
-    (torch.channels_last, False): Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
-    (torch.contiguous_format, True): Config(dict(BLOCK_C=4, BLOCK_HW=128), num_warps=4),
-    (torch.channels_last, True): Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
+    torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_HW=128), num_warps=4),
+    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
 }
-_NO_LRN = (1, 0.0, 0.0, 1.0)  # (size, alpha, beta, k) that the plain max-pool kernels ignore
+_NO_LRN = (1, 0, 0.0, 0.0, 1.0)  # (size, lo, alpha / size, beta, k) that the plain max-pool kernels ignore
 
 
-def _argmax_dtype(kernel) -> torch.dtype:
-    return torch.uint8 if kernel[0] * kernel[1] <= 256 else torch.int32
-
-
-def _lrn_launch_args(lrn):
-    size, alpha, beta, k = lrn
-    return size, _lrn_window(size), alpha / size, beta, k
-
-
-def _window_origins(oh: int, ow: int, stride, padding, device):
-    """Row (1, 1, OH, 1) and column (1, 1, 1, OW) of each pooled output's window origin."""
-    rows = (torch.arange(oh, device=device) * stride[0] - padding[0]).view(1, 1, -1, 1)
-    cols = (torch.arange(ow, device=device) * stride[1] - padding[1]).view(1, 1, 1, -1)
-    return rows, cols
-
-
-def _window_offsets(w: int, kernel, device) -> torch.Tensor:
-    """Flat offset from the window origin of each window-local position kh * KW + kw."""
-    kh = torch.arange(kernel[0], device=device).view(-1, 1)
-    kw = torch.arange(kernel[1], device=device).view(1, -1)
-    return (kh * w + kw).reshape(-1)
-
-
-def _local_to_flat(local, w, kernel, stride, padding):
-    """Window-local argmax (kh * KW + kw) -> PyTorch's flat index ih * W + iw, per pooled output."""
-    rows, cols = _window_origins(local.shape[2], local.shape[3], stride, padding, local.device)
-    return (rows * w + cols) + torch.take(_window_offsets(w, kernel, local.device), local.long())
-
-
-def _flat_to_local(flat, w, kernel, stride, padding):
-    rows, cols = _window_origins(flat.shape[2], flat.shape[3], stride, padding, flat.device)
-    if kernel[1] <= w:  # kh * W + kw is then distinct for every window position: a lookup table
-        table = torch.zeros(kernel[0] * w, dtype=torch.int64, device=flat.device)
-        table[_window_offsets(w, kernel, flat.device)] = torch.arange(kernel[0] * kernel[1],
-                                                                      device=flat.device)
-        return torch.take(table, flat - (rows * w + cols))  # take: far faster than indexing on CPU
-    # a window wider than the row (only with padding): split the flat index itself
-    return (torch.div(flat, w, rounding_mode="floor") - rows) * kernel[1] + (flat % w - cols)
-
-
-def _pool_forward(x, kernel, stride, padding, lrn):
-    """lrn: None for plain max-pool, else (size, alpha, beta, k). Returns (y, argmax)."""
+def _pool_forward(x, kernel, stride, padding):
+    """Returns (y, argmax)."""
     fmt = memory_format(x)
     x = dense(x, fmt)
     n, c, h, w = x.shape
-    y, am = _pooled_outputs(x, kernel, stride, padding)  # in fmt, as the fake implementation allocates
+    y, am = pooled_outputs(x, kernel, stride, padding)  # in fmt, as the fake implementation allocates
     oh, ow = y.shape[2:]
     if y.numel() == 0:
         return y, am
     if not use_triton(x):
-        v = x if lrn is None else lrn_forward_torch(x, *lrn)
-        out, flat = F.max_pool2d(v, kernel, stride, padding, return_indices=True)
-        y.copy_(out)
-        am.copy_(_flat_to_local(flat, w, kernel, stride, padding))
-        return y, am
-    cfg = _FWD_CONFIGS[(fmt, lrn is not None)]
+        return pool_forward_torch(x, kernel, stride, padding, y, am)
+    cfg = _FWD_CONFIGS[fmt]
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(oh * ow, cfg.constexprs["BLOCK_P"]) * n,)
-    launch("max_pool2d_fwd" if lrn is None else "relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
-           (x, y, am, c, h, w, ow, oh * ow, *x.stride(), *y.stride(), *kernel, *stride, *padding,
-            *_lrn_launch_args(lrn or _NO_LRN)), cfg, x.device,
-           (kernel[0], kernel[1]) + (() if lrn is None else (lrn[0],)), FUSE_LRN=lrn is not None)
+    launch("max_pool2d_fwd", _pool_fwd_kernel, grid,
+           (x, y, am, c, h, w, ow, oh * ow, *x.stride(), *y.stride(), *kernel, *stride, *padding, *_NO_LRN),
+           cfg, x.device, (kernel[0], kernel[1]), FUSE_LRN=False)
     return y, am
 
 
-def _pool_backward(dy, am, x, input_hw, kernel, stride, padding, lrn):
-    """Gradient of the input. x (the forward's input) is needed only when lrn is not None."""
-    check_same_device("relu_lrn_max_pool2d" if lrn else "max_pool2d", grad=dy, argmax=am,
-                      **({} if x is None else {"input": x}))
-    fmt = memory_format(am) if x is None else memory_format(x)
+def _pool_backward(dy, am, input_hw, kernel, stride, padding):
+    check_same_device("max_pool2d", grad=dy, argmax=am)
+    fmt = memory_format(am)
     am = dense(am, fmt)
     dy = dense(dy, fmt)
     n, c = dy.shape[:2]
     h, w = input_hw
-    dx = _input_grad(dy, am, x, input_hw)
-    if x is not None:
-        x = dense(x, fmt)
+    dx = input_grad(dy, am, None, input_hw)
     if dx.numel() == 0:
         return dx
     if dy.numel() == 0:
         return dx.zero_()
     if not use_triton(dy):
-        compute = torch.float64 if dy.dtype == torch.float64 else torch.float32  # as the kernel sums
-        shape_only = torch.empty(1, dtype=compute, device=dy.device).expand(n, c, h, w)
-        g = torch.ops.aten.max_pool2d_with_indices_backward(
-            dy.to(compute), shape_only, list(kernel), list(stride), list(padding), [1, 1], False,
-            _local_to_flat(am, w, kernel, stride, padding))
-        return dx.copy_(g if lrn is None else lrn_backward_torch(x, g, *lrn))
-    if lrn is not None and use_seq_backward(fmt, lrn[0], (kernel, stride, padding)):
-        launch_seq_backward(x, dy, am, dx, (kernel, stride, padding), *lrn)
-        return dx
-    cfg = _BWD_CONFIGS[(fmt, lrn is not None)]
+        return dx.copy_(pool_backward_torch(dy, am, input_hw, kernel, stride, padding))
+    cfg = _BWD_CONFIGS[fmt]
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
-    launch("max_pool2d_bwd" if lrn is None else "relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
-           (dx if x is None else x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *dx.stride(), *dy.stride(),
-            *kernel, *stride, *padding, *_lrn_launch_args(lrn or _NO_LRN)), cfg, dy.device,
-           () if lrn is None else (lrn[0], lrn[0]), FUSE_LRN=lrn is not None)
+    launch("max_pool2d_bwd", _pool_bwd_kernel, grid,
+           (dx, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *dx.stride(), *dy.stride(),
+            *kernel, *stride, *padding, *_NO_LRN), cfg, dy.device, (), FUSE_LRN=False)
     return dx
-
-
-def _pooled_outputs(x, kernel, stride, padding):
-    """Empty (pooled output, argmax) in x's memory format: the real op's and the fake one's."""
-    fmt = memory_format(x)
-    n, c, h, w = x.shape
-    oh, ow = pool_out_size(h, w, kernel, stride, padding)
-    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
-    am = torch.empty((n, c, oh, ow), dtype=_argmax_dtype(kernel), device=x.device, memory_format=fmt)
-    return y, am
-
-
-def _input_grad(dy, am, x, input_hw):
-    """Empty input gradient in the input's memory format (the argmax's when x is not saved)."""
-    fmt = memory_format(am) if x is None else memory_format(x)
-    return torch.empty((dy.shape[0], dy.shape[1], *input_hw), dtype=dy.dtype, device=dy.device,
-                       memory_format=fmt)
 
 
 # ---------------------------------------------------------------------------------- registration
@@ -279,23 +196,23 @@ def _input_grad(dy, am, x, input_hw):
 @torch.library.custom_op("alexnet_triton::max_pool2d", mutates_args=())
 def max_pool2d_op(x: torch.Tensor, kernel_size: list[int], stride: list[int],
                   padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pool_forward(x, kernel_size, stride, padding, None)
+    return _pool_forward(x, kernel_size, stride, padding)
 
 
 @max_pool2d_op.register_fake
 def _(x, kernel_size, stride, padding):
-    return _pooled_outputs(x, kernel_size, stride, padding)
+    return pooled_outputs(x, kernel_size, stride, padding)
 
 
 @torch.library.custom_op("alexnet_triton::max_pool2d_backward", mutates_args=())
 def max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, input_hw: list[int],
                            kernel_size: list[int], stride: list[int], padding: list[int]) -> torch.Tensor:
-    return _pool_backward(dy, argmax, None, input_hw, kernel_size, stride, padding, None)
+    return _pool_backward(dy, argmax, input_hw, kernel_size, stride, padding)
 
 
 @max_pool2d_backward_op.register_fake
 def _(dy, argmax, input_hw, kernel_size, stride, padding):
-    return _input_grad(dy, argmax, None, input_hw)
+    return input_grad(dy, argmax, None, input_hw)
 
 
 def _pool_setup_context(ctx, inputs, output):
@@ -312,45 +229,6 @@ def _pool_backward_fn(ctx, dy, _d_argmax):
 max_pool2d_op.register_autograd(_pool_backward_fn, setup_context=_pool_setup_context)
 
 
-@torch.library.custom_op("alexnet_triton::relu_lrn_max_pool2d", mutates_args=())
-def relu_lrn_max_pool2d_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
-                           kernel_size: list[int], stride: list[int],
-                           padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pool_forward(x, kernel_size, stride, padding, (size, alpha, beta, k))
-
-
-@relu_lrn_max_pool2d_op.register_fake
-def _(x, size, alpha, beta, k, kernel_size, stride, padding):
-    return _pooled_outputs(x, kernel_size, stride, padding)
-
-
-@torch.library.custom_op("alexnet_triton::relu_lrn_max_pool2d_backward", mutates_args=())
-def relu_lrn_max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, x: torch.Tensor, size: int,
-                                    alpha: float, beta: float, k: float, kernel_size: list[int],
-                                    stride: list[int], padding: list[int]) -> torch.Tensor:
-    return _pool_backward(dy, argmax, x, list(x.shape[2:]), kernel_size, stride, padding,
-                          (size, alpha, beta, k))
-
-
-@relu_lrn_max_pool2d_backward_op.register_fake
-def _(dy, argmax, x, size, alpha, beta, k, kernel_size, stride, padding):
-    return _input_grad(dy, argmax, x, list(x.shape[2:]))
-
-
-def _block_setup_context(ctx, inputs, output):
-    x, size, alpha, beta, k, kernel_size, stride, padding = inputs
-    ctx.save_for_backward(x, output[1])  # the input and one byte per pooled output: nothing else
-    ctx.args = (size, alpha, beta, k, kernel_size, stride, padding)
-
-
-def _block_backward_fn(ctx, dy, _d_argmax):
-    x, argmax = ctx.saved_tensors
-    return (relu_lrn_max_pool2d_backward_op(dy, argmax, x, *ctx.args),) + (None,) * 7
-
-
-relu_lrn_max_pool2d_op.register_autograd(_block_backward_fn, setup_context=_block_setup_context)
-
-
 # ----------------------------------------------------------------------------------------- public
 
 
@@ -361,18 +239,6 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0) -> torch.Ten
     check_tensor("max_pool2d", x, ndim=4)
     kernel, stride, padding, _ = pool_args("max_pool2d", x, kernel_size, stride, padding)
     return max_pool2d_op(x, list(kernel), list(stride), list(padding))[0]
-
-
-def relu_lrn_max_pool2d(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                        k: float = 2.0, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
-    """``max_pool2d(relu_lrn(x, size, alpha, beta, k), kernel_size, stride, padding)`` in one kernel each
-    way, saving only x and one byte per pooled output."""
-    check_tensor("relu_lrn_max_pool2d", x, ndim=4)
-    check_lrn_args("relu_lrn_max_pool2d", size, alpha, beta, k)
-    kernel, stride, padding, _ = pool_args("relu_lrn_max_pool2d", x, kernel_size, stride, padding)
-    return relu_lrn_max_pool2d_op(x, size, float(alpha), float(beta), float(k), list(kernel), list(stride),
-                                  list(padding))[0]
-
 
 
 # ------------------------------------------------------------------------- compile-test signatures
@@ -392,17 +258,10 @@ def _signature(direction: str, dtype: str, argmax: str = "u8") -> dict:
     return sig
 
 
-def _with(configs, fused: bool):
-    return [Config({**cfg.constexprs, "FUSE_LRN": fused}, cfg.num_warps)
-            for (_, f), cfg in configs.items() if f == fused]
-
-
 if triton is not None:
-    register_kernel("max_pool2d_fwd", _pool_fwd_kernel, _with(_FWD_CONFIGS, False),
+    register_kernel("max_pool2d_fwd", _pool_fwd_kernel,
+                    [Config({**c.constexprs, "FUSE_LRN": False}, c.num_warps) for c in _FWD_CONFIGS.values()],
                     lambda dtype: _signature("fwd", dtype))
-    register_kernel("max_pool2d_bwd", _pool_bwd_kernel, _with(_BWD_CONFIGS, False),
-                    lambda dtype: _signature("bwd", dtype))
-    register_kernel("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, _with(_FWD_CONFIGS, True),
-                    lambda dtype: _signature("fwd", dtype))
-    register_kernel("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, _with(_BWD_CONFIGS, True),
+    register_kernel("max_pool2d_bwd", _pool_bwd_kernel,
+                    [Config({**c.constexprs, "FUSE_LRN": False}, c.num_warps) for c in _BWD_CONFIGS.values()],
                     lambda dtype: _signature("bwd", dtype))

@@ -1,0 +1,81 @@
+"""Host-side plumbing shared by the pooling ops (``max_pool2d``, ``relu_max_pool2d``,
+``relu_lrn_max_pool2d``): output allocation, the one-byte argmax's layout and its conversion to and from
+PyTorch's flat indices (the CPU path), and the CPU backward."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._common import memory_format, pool_out_size
+
+
+def argmax_dtype(kernel) -> torch.dtype:
+    return torch.uint8 if kernel[0] * kernel[1] <= 256 else torch.int32
+
+
+def _window_origins(oh: int, ow: int, stride, padding, device):
+    """Row (1, 1, OH, 1) and column (1, 1, 1, OW) of each pooled output's window origin."""
+    rows = (torch.arange(oh, device=device) * stride[0] - padding[0]).view(1, 1, -1, 1)
+    cols = (torch.arange(ow, device=device) * stride[1] - padding[1]).view(1, 1, 1, -1)
+    return rows, cols
+
+
+def _window_offsets(w: int, kernel, device) -> torch.Tensor:
+    """Flat offset from the window origin of each window-local position kh * KW + kw."""
+    kh = torch.arange(kernel[0], device=device).view(-1, 1)
+    kw = torch.arange(kernel[1], device=device).view(1, -1)
+    return (kh * w + kw).reshape(-1)
+
+
+def _local_to_flat(local, w, kernel, stride, padding):
+    """Window-local argmax (kh * KW + kw) -> PyTorch's flat index ih * W + iw, per pooled output."""
+    rows, cols = _window_origins(local.shape[2], local.shape[3], stride, padding, local.device)
+    return (rows * w + cols) + torch.take(_window_offsets(w, kernel, local.device), local.long())
+
+
+def _flat_to_local(flat, w, kernel, stride, padding):
+    rows, cols = _window_origins(flat.shape[2], flat.shape[3], stride, padding, flat.device)
+    if kernel[1] <= w:  # kh * W + kw is then distinct for every window position: a lookup table
+        table = torch.zeros(kernel[0] * w, dtype=torch.int64, device=flat.device)
+        table[_window_offsets(w, kernel, flat.device)] = torch.arange(kernel[0] * kernel[1],
+                                                                      device=flat.device)
+        return torch.take(table, flat - (rows * w + cols))  # take: far faster than indexing on CPU
+    # a window wider than the row (only with padding): split the flat index itself
+    return (torch.div(flat, w, rounding_mode="floor") - rows) * kernel[1] + (flat % w - cols)
+
+
+def pooled_outputs(x, kernel, stride, padding):
+    """Empty (pooled output, argmax) in x's memory format: the real op's and the fake one's."""
+    fmt = memory_format(x)
+    n, c, h, w = x.shape
+    oh, ow = pool_out_size(h, w, kernel, stride, padding)
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
+    am = torch.empty((n, c, oh, ow), dtype=argmax_dtype(kernel), device=x.device, memory_format=fmt)
+    return y, am
+
+
+def input_grad(dy, am, x, input_hw):
+    """Empty input gradient in the input's memory format (the argmax's when x is not saved)."""
+    fmt = memory_format(am) if x is None else memory_format(x)
+    return torch.empty((dy.shape[0], dy.shape[1], *input_hw), dtype=dy.dtype, device=dy.device,
+                       memory_format=fmt)
+
+
+def pool_forward_torch(v, kernel, stride, padding, y, am):
+    """The CPU path of every pooling forward: pool v (already relu'd / normalised) into y and am."""
+    out, flat = F.max_pool2d(v, kernel, stride, padding, return_indices=True)
+    y.copy_(out)
+    am.copy_(_flat_to_local(flat, v.shape[3], kernel, stride, padding))
+    return y, am
+
+
+def pool_backward_torch(dy, am, input_hw, kernel, stride, padding):
+    """The CPU path's gradient of the pooled input, in float32 (float64 for float64), from the argmax."""
+    n, c = dy.shape[:2]
+    h, w = input_hw
+    compute = torch.float64 if dy.dtype == torch.float64 else torch.float32  # as the kernels sum
+    shape_only = torch.empty(1, dtype=compute, device=dy.device).expand(n, c, h, w)
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        dy.to(compute), shape_only, list(kernel), list(stride), list(padding), [1, 1], False,
+        _local_to_flat(am, w, kernel, stride, padding))
