@@ -88,3 +88,76 @@ def _gather_pool_grad(
             hit = m & (am == kh * KW + kw)
             g += _upcast(tl.load(dy_ptr + off, mask=hit, other=0.0))
     return g
+
+
+# ----------------------------------------------------------------- LRN by walking the channels
+# A program walks the channels in order and keeps, per pixel, a ring of the last SIZE relu'd
+# values in registers (a tuple indexed by constants: the walk is unrolled by SIZE, so slot j of the
+# ring is always channel i with i = j mod SIZE and no index is computed at run time).
+
+
+@triton.jit
+def _relu_up(v):
+    return _relu(_upcast(v))
+
+
+@triton.jit
+def _pow_neg(s, BETA: tl.constexpr):
+    """s ** -BETA for s >= 0, with inf / NaN / 0 as IEEE pow gives them. AlexNet's 0.75 (and 0.5, 1)
+    take an rsqrt form: 3 instructions instead of a log2 and an exp2."""
+    if BETA == 0.75:
+        r = tl.math.rsqrt(s)
+        return r * tl.sqrt(r)
+    elif BETA == 0.5:
+        return tl.math.rsqrt(s)
+    elif BETA == 1.0:
+        return 1.0 / s
+    elif BETA == 0.0:
+        return tl.zeros_like(s) + 1.0
+    else:
+        return tl.exp2(-BETA * tl.log2(s))
+
+
+@triton.jit
+def _ring_sumsq(ring, j: tl.constexpr, SIZE: tl.constexpr):
+    """sum of squares of the ring's values, oldest first (slot j holds the newest): always the same
+    order of channels, whatever kernel or chunk computes it, so every kernel rounds s alike."""
+    o = (j + 1) % SIZE
+    s = ring[o] * ring[o]
+    for d in tl.static_range(1, SIZE):
+        o = (j + 1 + d) % SIZE
+        s += ring[o] * ring[o]
+    return s
+
+
+@triton.jit
+def _ring_sum(ring, j: tl.constexpr, SIZE: tl.constexpr):
+    o = (j + 1) % SIZE
+    s = ring[o]
+    for d in tl.static_range(1, SIZE):
+        s += ring[(j + 1 + d) % SIZE]
+    return s
+
+
+@triton.jit
+def _put(t, j: tl.constexpr, v):
+    """The tuple t with slot j replaced by v."""
+    return t[:j] + (v,) + t[j + 1:]
+
+
+@triton.jit
+def _pow_neg2(s, BETA: tl.constexpr):
+    """(s ** -BETA, s ** -(BETA + 1)) for s >= 0, as _pow_neg."""
+    if BETA == 0.75:
+        r = tl.math.rsqrt(s)
+        p = r * tl.sqrt(r)
+        return p, p * (r * r)
+    elif BETA == 0.5:
+        r = tl.math.rsqrt(s)
+        return r, r * (r * r)
+    elif BETA == 1.0:
+        p = 1.0 / s
+        return p, p * p
+    else:
+        lg = tl.log2(s)
+        return tl.exp2(-BETA * lg), tl.exp2((-BETA - 1.0) * lg)

@@ -24,12 +24,30 @@ from ._common import (
     use_triton,
 )
 from ._pooling import input_grad, pool_backward_torch, pool_forward_torch, pooled_outputs
-from .lrn import _lrn_window, launch_seq_backward, lrn_backward_torch, lrn_forward_torch, use_seq_backward
+from .lrn import (
+    _lrn_window,
+    launch_walk_backward,
+    launch_walk_forward,
+    lrn_backward_torch,
+    lrn_forward_torch,
+    strides,
+    walk_backward_fits,
+    walk_forward_fits,
+)
 
 # ------------------------------------------------------------------------------------- kernels
 
 if triton is not None:
-    from ._jit import _acc_zeros, _gather_pool_grad, _pow, _relu, _tile_ids, _upcast, _window_sumsq
+    from ._jit import (
+        _acc_zeros,
+        _gather_pool_grad,
+        _pow_neg,
+        _pow_neg2,
+        _relu,
+        _tile_ids,
+        _upcast,
+        _window_sumsq,
+    )
 
     @triton.jit
     def _pool_fwd_kernel(
@@ -40,7 +58,8 @@ if triton is not None:
         s_n, s_c, s_h, s_w,  # strides of x in elements
         o_n, o_c, o_h, o_w,  # strides of y and am in elements
         KH, KW, SH, SW, PH, PW,  # kernel, stride, padding
-        size, lo, alpha_n, beta, k,  # LRN window, channels before c, alpha / size, exponent, constant
+        size, lo, alpha_n, k,  # LRN window, channels before c, alpha / size, constant
+        BETA: tl.constexpr,  # LRN exponent
         FUSE_LRN: tl.constexpr,  # pool relu_lrn(x) instead of x
         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
@@ -68,7 +87,7 @@ if triton is not None:
                     # (the window's centre is loaded again above: reusing it spills on sm_80 in float64)
                     sumsq, _ = _window_sumsq(x_ptr, x_base, sp_off, c, C, inb, s_c, size, lo)
                     # round to the output dtype before comparing, as the unfused ops would
-                    v = _upcast((_relu(v) * _pow(k + alpha_n * sumsq, -beta)).to(y_ptr.dtype.element_ty))
+                    v = _upcast((_relu(v) * _pow_neg(k + alpha_n * sumsq, BETA)).to(y_ptr.dtype.element_ty))
                 take = inb & ((v > best) | (v != v))
                 best = tl.where(take, v, best)
                 arg = tl.where(take, kh * KW + kw, arg)
@@ -90,7 +109,8 @@ if triton is not None:
         s_n, s_c, s_h, s_w,  # strides of x and dx in elements
         o_n, o_c, o_h, o_w,  # strides of dy and am in elements
         KH, KW, SH, SW, PH, PW,  # kernel, stride, padding
-        size, lo, alpha_n, beta, k,  # LRN window, channels before c, alpha / size, exponent, constant
+        size, lo, alpha_n, k,  # LRN window, channels before c, alpha / size, constant
+        BETA: tl.constexpr,  # LRN exponent
         FUSE_LRN: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
@@ -109,20 +129,18 @@ if triton is not None:
         if FUSE_LRN:
             hi = size - 1 - lo
             t_sum = _acc_zeros(valid, x_ptr)
-            s_self = t_sum + k
-            g_self = t_sum
+            a_self = t_sum
             for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
                 cp = c + (d - hi)
                 m = valid & (cp >= 0) & (cp < C)
                 sumsq, r_cp = _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo)
-                s_cp = k + alpha_n * sumsq
+                p_b, p_b1 = _pow_neg2(k + alpha_n * sumsq, BETA)
                 g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, OH, OW, o_c, o_h, o_w,
                                          KH, KW, SH, SW, PH, PW, NH, NW)
-                t_sum += tl.where(m, g_cp * r_cp * _pow(s_cp, -beta - 1.0), 0.0)
-                s_self = tl.where(d == hi, s_cp, s_self)
-                g_self = tl.where(d == hi, g_cp, g_self)
+                t_sum += tl.where(m, g_cp * r_cp * p_b1, 0.0)
+                a_self = tl.where(d == hi, g_cp * p_b, a_self)
             x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
-            dr = g_self * _pow(s_self, -beta) - (2.0 * alpha_n * beta) * _relu(x) * t_sum
+            dr = a_self - (2.0 * alpha_n * BETA) * _relu(x) * t_sum
             dx = tl.where(x > 0, dr, 0.0)
         else:
             dx = _gather_pool_grad(dy_ptr, am_ptr, o_base, c, ih, iw, valid, OH, OW, o_c, o_h, o_w,
@@ -145,7 +163,7 @@ _BWD_CONFIGS = {
 
 def _lrn_launch_args(lrn):
     size, alpha, beta, k = lrn
-    return size, _lrn_window(size), alpha / size, beta, k
+    return size, _lrn_window(size), alpha / size, k
 
 
 def _block_forward(x, kernel, stride, padding, lrn):
@@ -158,11 +176,16 @@ def _block_forward(x, kernel, stride, padding, lrn):
         return y, am
     if not use_triton(x):
         return pool_forward_torch(lrn_forward_torch(x, *lrn), kernel, stride, padding, y, am)
+    pool = (tuple(kernel), tuple(stride), tuple(padding))
+    if fmt == torch.contiguous_format and walk_forward_fits(lrn[0], pool):
+        launch_walk_forward(x, y, am, pool, *lrn)
+        return y, am
     cfg = _FWD_CONFIGS[fmt]
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(oh * ow, cfg.constexprs["BLOCK_P"]) * n,)
     launch("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
-           (x, y, am, c, h, w, ow, oh * ow, *x.stride(), *y.stride(), *kernel, *stride, *padding,
-            *_lrn_launch_args(lrn)), cfg, x.device, (kernel[0], kernel[1], lrn[0]), FUSE_LRN=True)
+           (x, y, am, c, h, w, ow, oh * ow, *strides(x.shape, fmt), *strides(y.shape, fmt), *kernel, *stride,
+            *padding, *_lrn_launch_args(lrn)), cfg, x.device, (kernel[0], kernel[1], lrn[0]),
+           BETA=float(lrn[2]), FUSE_LRN=True)
     return y, am
 
 
@@ -181,15 +204,16 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
     if not use_triton(dy):
         return dx.copy_(lrn_backward_torch(x, pool_backward_torch(dy, am, (h, w), kernel, stride, padding),
                                            *lrn))
-    if use_seq_backward(fmt, lrn[0], (kernel, stride, padding)):
-        launch_seq_backward(x, dy, am, dx, (kernel, stride, padding), *lrn)
+    pool = (tuple(kernel), tuple(stride), tuple(padding))
+    if fmt == torch.contiguous_format and walk_backward_fits(lrn[0], pool):
+        launch_walk_backward(x, dy, am, dx, pool, *lrn)
         return dx
     cfg = _BWD_CONFIGS[fmt]
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     launch("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
-           (x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *dx.stride(), *dy.stride(),
+           (x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *strides(x.shape, fmt), *strides(dy.shape, fmt),
             *kernel, *stride, *padding, *_lrn_launch_args(lrn)), cfg, dy.device, (lrn[0], lrn[0]),
-           FUSE_LRN=True)
+           BETA=float(lrn[2]), FUSE_LRN=True)
     return dx
 
 

@@ -19,7 +19,6 @@ from ._common import (
     dense,
     launch,
     memory_format,
-    register_kernel,
     tl,
     triton,
     use_triton,
@@ -28,16 +27,270 @@ from ._common import (
 # ------------------------------------------------------------------------------------- kernels
 
 if triton is not None:
-    from ._jit import _acc_zeros, _gather_pool_grad, _pow, _relu, _tile_ids, _upcast, _window_sumsq
+    from ._jit import (
+        _acc_zeros,
+        _pow_neg,
+        _pow_neg2,
+        _put,
+        _relu,
+        _relu_up,
+        _ring_sum,
+        _ring_sumsq,
+        _tile_ids,
+        _upcast,
+        _window_sumsq,
+    )
 
+    # ----------------------------------------------------------------- NCHW: walking the channels
+    # A program owns a block of pixels of one image and a chunk of CHUNK output channels, and walks
+    # the channels in order, loading each x once. Per pixel it keeps a ring of the last SIZE relu'd
+    # values in registers (_jit.py: the walk is unrolled by SIZE, so every ring slot is a constant).
+    # At load i (channel i), the window of channel c = i - HI is complete: y_c is computed and, with
+    # POOL, pooled at once. With POOL a thread owns a patch of TOH x TOW pooled outputs and the
+    # ((TOH-1)*SH+KH) x ((TOW-1)*SW+KW) input pixels under them, so each LRN value is computed once
+    # per patch (windows that overlap inside a patch share it).
+    @triton.jit
+    def _lrn_fwd_walk_kernel(
+        x_ptr,  # *T (N, C, H, W) input, NCHW dense
+        y_ptr,  # *T output: (N, C, H, W), or (N, C, OH, OW) with POOL; NCHW dense
+        am_ptr,  # *u8|i32 (N, C, OH, OW) argmax inside the window, kh * KW + kw (POOL only)
+        C, H, W, OH, OW,  # channels, input plane, pooled plane (POOL only)
+        n_cb, n_t, n_tc,  # channel chunks, pixel tiles per image, tile columns (POOL only)
+        alpha_n, k,  # alpha / size, additive constant
+        SIZE: tl.constexpr, BETA: tl.constexpr,  # LRN window and exponent: one build per value
+        POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+        PH: tl.constexpr, PW: tl.constexpr,  # pooling window, stride, padding (POOL only)
+        TOH: tl.constexpr, TOW: tl.constexpr,  # pooled outputs per thread (POOL only)
+        BR: tl.constexpr, BC: tl.constexpr,  # patches per program (POOL), or BR * BC pixels
+        CHUNK: tl.constexpr, BIG: tl.constexpr,  # output channels per program; int64 offsets
+    ):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        pid = tl.program_id(0)
+        cb = pid % n_cb
+        rest = pid // n_cb
+        t = rest % n_t
+        n = rest // n_t
+        HW = H * W
+        x_img = x_ptr + n.to(tl.int64) * C * HW
+        if POOL:
+            OHW = OH * OW
+            y_img = y_ptr + n.to(tl.int64) * C * OHW
+            am_img = am_ptr + n.to(tl.int64) * C * OHW
+            tr = t // n_tc
+            pr = (tr * BR + tl.arange(0, BR))[:, None]  # (BR, 1) patch row
+            pc = ((t - tr * n_tc) * BC + tl.arange(0, BC))[None, :]  # (1, BC) patch column
+            U: tl.constexpr = (TOH - 1) * SH + KH  # input rows under a patch
+            V: tl.constexpr = (TOW - 1) * SW + KW  # input columns under a patch
+            ih0 = pr * (TOH * SH) - PH
+            iw0 = pc * (TOW * SW) - PW
+            offs = ()
+            inb = ()
+            for u in tl.static_range(U):
+                for v in tl.static_range(V):
+                    offs = offs + ((ih0 + u) * W + (iw0 + v),)
+                    inb = inb + ((ih0 + u >= 0) & (ih0 + u < H) & (iw0 + v >= 0) & (iw0 + v < W),)
+            NPIX: tl.constexpr = U * V
+        else:
+            y_img = y_ptr + n.to(tl.int64) * C * HW
+            hw = t * (BR * BC) + tl.arange(0, BR * BC)
+            offs = (hw,)
+            inb = (hw < HW,)
+            NPIX: tl.constexpr = 1
+        zero = _acc_zeros(offs[0], x_ptr)
+        R = ((zero,) * SIZE,) * NPIX  # R[p][slot]: relu'd x of the last SIZE channels at pixel p
+
+        c0 = cb * CHUNK
+        c_end = tl.minimum(c0 + CHUNK, C)
+        for g in range(0, tl.cdiv(c_end - c0 + SIZE - 1, SIZE)):
+            for j in tl.static_range(SIZE):
+                i = c0 - LO + g * SIZE + j  # the channel loaded now
+                ok_i = (i >= 0) & (i < C)
+                if BIG:
+                    x_i = x_img + i.to(tl.int64) * HW
+                else:
+                    x_i = x_img + i * HW
+                for p in tl.static_range(NPIX):
+                    v = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
+                    R = _put(R, p, _put(R[p], j, v))
+                c = i - HI  # its window [c - LO, c + HI] is in the rings now
+                ok_c = (c >= c0) & (c < c_end)
+                if BIG:
+                    cc = c.to(tl.int64)
+                else:
+                    cc = c
+                if POOL:
+                    vals = ()
+                    for p in tl.static_range(NPIX):
+                        y = R[p][(j - HI + SIZE) % SIZE] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], j, SIZE),
+                                                                  BETA)
+                        # rounded to the output dtype, as relu_lrn's output is, before it competes
+                        vals = vals + (_upcast(y.to(y_ptr.dtype.element_ty)),)
+                    for a in tl.static_range(TOH):
+                        for b in tl.static_range(TOW):
+                            oh = pr * TOH + a
+                            ow = pc * TOW + b
+                            best = zero - float("inf")
+                            # PyTorch's rule: the first in-bounds position starts, a value wins when
+                            # v > best or v is NaN; padding never wins
+                            arg = tl.maximum(PH - oh * SH, 0) * KW + tl.maximum(PW - ow * SW, 0)
+                            for kh in tl.static_range(KH):
+                                for kw in tl.static_range(KW):
+                                    p = (a * SH + kh) * V + (b * SW + kw)
+                                    take = inb[p] & ((vals[p] > best) | (vals[p] != vals[p]))
+                                    best = tl.where(take, vals[p], best)
+                                    arg = tl.where(take, kh * KW + kw, arg)
+                            o_off = cc * OHW + oh * OW + ow
+                            o_ok = (oh < OH) & (ow < OW) & ok_c
+                            tl.store(y_img + o_off, best.to(y_ptr.dtype.element_ty), mask=o_ok)
+                            tl.store(am_img + o_off, arg.to(am_ptr.dtype.element_ty), mask=o_ok)
+                else:
+                    s_c = k + alpha_n * _ring_sumsq(R[0], j, SIZE)
+                    y = R[0][(j - HI + SIZE) % SIZE] * _pow_neg(s_c, BETA)
+                    tl.store(y_img + cc * HW + offs[0], y.to(y_ptr.dtype.element_ty), mask=inb[0] & ok_c)
+
+    # Backward, walking the channels the same way. With r = relu(x), s_c = k + (alpha/size) *
+    # sum_{c' in win(c)} r_c'^2, and g the gradient of the LRN output (dy, or with POOL the pooled
+    # gradient routed through the argmax):
+    #   t_c = g_c * r_c * s_c^-(beta+1),  a_c = g_c * s_c^-beta
+    #   dx_c = [x_c > 0] * (a_c - 2 * (alpha/size) * beta * r_c * sum_{c': c in win(c')} t_c')
+    # and c in win(c') <=> c' in [c - HI, c + LO]. Three rings per pixel: R (r), T (t), A (a). At load
+    # i, s is complete for j = i - HI (t_j, a_j go in), and dx is complete for c = i - SIZE + 1 (its
+    # t's are the last SIZE). Sums never subtract: inf and NaN behave as in the direct formula.
+    # With POOL a thread owns an SH x SW block of input pixels: the NWH x NWW windows that can hold
+    # one of them are read once per channel, and each (window, pixel) pair whose window-local
+    # position is a constant is one compare.
+    @triton.jit
+    def _lrn_bwd_walk_kernel(
+        x_ptr,  # *T (N, C, H, W) the forward's input, NCHW dense
+        dy_ptr,  # *T gradient of the output: (N, C, H, W), or (N, C, OH, OW) with POOL; NCHW dense
+        am_ptr,  # *u8|i32 (N, C, OH, OW) the pool's argmax (POOL only)
+        dx_ptr,  # *T (N, C, H, W) gradient of the input, NCHW dense
+        C, H, W, OH, OW,  # channels, input plane, pooled plane (POOL only)
+        n_cb, n_t, n_tc,  # channel chunks, pixel tiles per image, tile columns (POOL only)
+        alpha_n, k,  # alpha / size, additive constant
+        SIZE: tl.constexpr, BETA: tl.constexpr,
+        POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+        PH: tl.constexpr, PW: tl.constexpr,
+        OH_LO: tl.constexpr, NWH: tl.constexpr,  # windows holding a block's rows: bh + OH_LO + [0, NWH)
+        OW_LO: tl.constexpr, NWW: tl.constexpr,
+        BR: tl.constexpr, BC: tl.constexpr,  # pixel blocks per program (POOL), or BR * BC pixels
+        CHUNK: tl.constexpr, BIG: tl.constexpr,
+    ):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        pid = tl.program_id(0)
+        cb = pid % n_cb
+        rest = pid // n_cb
+        t = rest % n_t
+        n = rest // n_t
+        HW = H * W
+        x_img = x_ptr + n.to(tl.int64) * C * HW
+        dx_img = dx_ptr + n.to(tl.int64) * C * HW
+        if POOL:
+            OHW = OH * OW
+            dy_img = dy_ptr + n.to(tl.int64) * C * OHW
+            am_img = am_ptr + n.to(tl.int64) * C * OHW
+            tr = t // n_tc
+            bh = (tr * BR + tl.arange(0, BR))[:, None]  # (BR, 1) block row
+            bw = ((t - tr * n_tc) * BC + tl.arange(0, BC))[None, :]  # (1, BC) block column
+            offs = ()
+            inb = ()
+            for u in tl.static_range(SH):
+                for v in tl.static_range(SW):
+                    ih = bh * SH + u
+                    iw = bw * SW + v
+                    offs = offs + (ih * W + iw,)
+                    inb = inb + ((ih < H) & (iw < W),)
+            NPIX: tl.constexpr = SH * SW
+            w_offs = ()
+            w_ok = ()
+            for a in tl.static_range(NWH):
+                for b in tl.static_range(NWW):
+                    oh = bh + (OH_LO + a)
+                    ow = bw + (OW_LO + b)
+                    w_offs = w_offs + (oh * OW + ow,)
+                    w_ok = w_ok + ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW),)
+        else:
+            dy_img = dy_ptr + n.to(tl.int64) * C * HW
+            hw = t * (BR * BC) + tl.arange(0, BR * BC)
+            offs = (hw,)
+            inb = (hw < HW,)
+            NPIX: tl.constexpr = 1
+        zero = _acc_zeros(offs[0], x_ptr)
+        R = ((zero,) * SIZE,) * NPIX
+        T = R
+        A = R
+        coef = (zero + alpha_n) * (2.0 * BETA)  # in the compute dtype (float64 for float64)
+
+        c0 = cb * CHUNK
+        c_end = tl.minimum(c0 + CHUNK, C)
+        for g in range(0, tl.cdiv(c_end - c0 + 2 * SIZE - 2, SIZE)):
+            for j in tl.static_range(SIZE):
+                i = c0 - (SIZE - 1) + g * SIZE + j  # the channel loaded now
+                ok_i = (i >= 0) & (i < C)
+                if BIG:
+                    x_i = x_img + i.to(tl.int64) * HW
+                else:
+                    x_i = x_img + i * HW
+                cj = i - HI  # s is complete for cj
+                ok_j = (cj >= 0) & (cj < C)
+                if BIG:
+                    cj_off = cj.to(tl.int64)
+                else:
+                    cj_off = cj
+                if POOL:
+                    gs = (zero,) * NPIX
+                    for a in tl.static_range(NWH):
+                        for b in tl.static_range(NWW):
+                            q = a * NWW + b
+                            m = w_ok[q] & ok_j
+                            am = tl.load(am_img + cj_off * OHW + w_offs[q], mask=m, other=-1).to(tl.int32)
+                            d = _upcast(tl.load(dy_img + cj_off * OHW + w_offs[q], mask=m, other=0.0))
+                            for u in tl.static_range(SH):
+                                for v in tl.static_range(SW):
+                                    kh: tl.constexpr = u + PH - (OH_LO + a) * SH
+                                    kw: tl.constexpr = v + PW - (OW_LO + b) * SW
+                                    if (kh >= 0) and (kh < KH) and (kw >= 0) and (kw < KW):
+                                        p = u * SW + v
+                                        gs = _put(gs, p, gs[p] + tl.where(am == kh * KW + kw, d, 0.0))
+                else:
+                    gs = (_upcast(tl.load(dy_img + cj_off * HW + offs[0], mask=inb[0] & ok_j, other=0.0)),)
+                c = i - (SIZE - 1)  # dx is complete for c
+                ok_c = (c >= c0) & (c < c_end)
+                if BIG:
+                    cc = c.to(tl.int64)
+                else:
+                    cc = c
+                for p in tl.static_range(NPIX):
+                    r = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
+                    Rp = _put(R[p], j, r)
+                    pw_b, pw_b1 = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, j, SIZE), BETA)
+                    t_j = tl.where(ok_j, gs[p] * Rp[(j - HI + SIZE) % SIZE] * pw_b1, 0.0)
+                    a_j = tl.where(ok_j, gs[p] * pw_b, 0.0)
+                    Tp = _put(T[p], j, t_j)
+                    Ap = _put(A[p], j, a_j)
+                    r_c = Rp[(j + 1) % SIZE]
+                    t_sum = _ring_sum(Tp, j, SIZE)
+                    dx = tl.where(r_c > 0, Ap[(j - LO + SIZE) % SIZE] - coef * r_c * t_sum, 0.0)
+                    tl.store(dx_img + cc * HW + offs[p], dx.to(dx_ptr.dtype.element_ty), mask=inb[p] & ok_c)
+                    R = _put(R, p, Rp)
+                    T = _put(T, p, Tp)
+                    A = _put(A, p, Ap)
+
+    # ------------------------------------------------------ channels_last (and wide windows): tiles
+    # A program owns a (BLOCK_C channels x BLOCK_HW pixels) tile and reads each channel's window from
+    # cache. The window sum runs over channels in the same order as the walking kernels' (oldest first)
+    # and s^-beta is the same _pow_neg, so both give the same values.
     @triton.jit
     def _relu_lrn_fwd_kernel(
         x_ptr,  # *T (N, C, H, W) input, NCHW or channels_last dense
-        y_ptr,  # *T (N, C, H, W) output, same strides as x
+        y_ptr,  # *T (N, C, H, W) output, same layout as x
         C, HW,  # channels, H * W
-        s_n, s_c, s_hw,  # strides of x and y in elements (s_hw: stride of the flattened H*W axis)
+        s_n, s_c, s_hw,  # strides in elements (from the shape and layout: (C*HW, HW, 1) or (C*HW, 1, C))
         size, lo,  # window size, channels before c in the window (size // 2)
-        alpha_n, beta, k,  # alpha / size, exponent, additive constant
+        alpha_n, k,  # alpha / size, additive constant
+        BETA: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
         pid_c, pid_hw, n = _tile_ids(C, BLOCK_C, HW, BLOCK_HW)
@@ -49,22 +302,21 @@ if triton is not None:
 
         sumsq, r = _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo)
         offs = base + c.to(tl.int64) * s_c + sp_off
-        y = r * _pow(k + alpha_n * sumsq, -beta)
+        y = r * _pow_neg(k + alpha_n * sumsq, BETA)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
 
-    # Backward (Caffe's lrn_layer derivation, with relu in front). With t_c = dy_c * r_c * s_c^(-beta-1):
-    #   dr_c = dy_c * s_c^-beta - 2 * (alpha/size) * beta * r_c * sum_{c': c in win(c')} t_c'
-    #   dx_c = dr_c * [x_c > 0]
-    # c in win(c') <=> c' in [c - hi, c + lo] with hi = size - 1 - lo. Each s_c' is recomputed from x.
+    # Backward (Caffe's lrn_layer derivation, with relu in front): see _lrn_bwd_walk_kernel.
+    # Each s_c' is recomputed from x.
     @triton.jit
     def _relu_lrn_bwd_kernel(
         x_ptr,  # *T (N, C, H, W) the forward's input
-        dy_ptr,  # *T (N, C, H, W) gradient of the output, same strides as x
-        dx_ptr,  # *T (N, C, H, W) gradient of the input, same strides as x
+        dy_ptr,  # *T (N, C, H, W) gradient of the output, same layout as x
+        dx_ptr,  # *T (N, C, H, W) gradient of the input, same layout as x
         C, HW,  # channels, H * W
         s_n, s_c, s_hw,  # strides of x, dy, dx in elements
         size, lo,  # window size, channels before c in the window
-        alpha_n, beta, k,  # alpha / size, exponent, additive constant
+        alpha_n, k,  # alpha / size, additive constant
+        BETA: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
         pid_c, pid_hw, n = _tile_ids(C, BLOCK_C, HW, BLOCK_HW)
@@ -76,155 +328,162 @@ if triton is not None:
         hi = size - 1 - lo
 
         t_sum = _acc_zeros(valid, x_ptr)
-        s_self = t_sum + k
+        a_self = t_sum
         for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
             cp = c + (d - hi)
             m = valid & (cp >= 0) & (cp < C)
             sumsq, r_cp = _window_sumsq(x_ptr, base, sp_off, cp, C, m, s_c, size, lo)
-            s_cp = k + alpha_n * sumsq
+            p_b, p_b1 = _pow_neg2(k + alpha_n * sumsq, BETA)
             offs_cp = base + cp.to(tl.int64) * s_c + sp_off
             dy_cp = _upcast(tl.load(dy_ptr + offs_cp, mask=m, other=0.0))
-            t_sum += tl.where(m, dy_cp * r_cp * _pow(s_cp, -beta - 1.0), 0.0)
-            s_self = tl.where(d == hi, s_cp, s_self)
+            t_sum += tl.where(m, dy_cp * r_cp * p_b1, 0.0)
+            a_self = tl.where(d == hi, dy_cp * p_b, a_self)
 
         offs = base + c.to(tl.int64) * s_c + sp_off
         x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
-        dy = _upcast(tl.load(dy_ptr + offs, mask=valid, other=0.0))
         r = _relu(x)
-        dr = dy * _pow(s_self, -beta) - (2.0 * alpha_n * beta) * r * t_sum
-        dx = tl.where(x > 0, dr, 0.0)
+        dx = tl.where(x > 0, a_self - (2.0 * alpha_n * BETA) * r * t_sum, 0.0)
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
-
-
-    # The same backward for NCHW inputs, walking the channels in order instead of re-reading each
-    # window: a program owns BLOCK_HW pixels and CHUNK channels, and keeps three rings of `size` rows
-    # in registers (slot = channel mod size): R holds r^2 (so s_j is the sum of R), T holds t and A
-    # holds g * s^-beta. At step i it loads channel i, finishes t_j for j = i - hi, and writes dx_c for
-    # c = i - size + 1, whose window of t's is then exactly T. Sums never subtract, so inf and NaN
-    # behave as in the direct formula. Per element: x three times and g once, all from L1/L2.
-    # POOL: g is the gradient gathered through the max-pool's argmax (relu_lrn_max_pool2d); else dy.
-    @triton.jit
-    def _lrn_bwd_seq_kernel(
-        x_ptr,  # *T (N, C, H, W) the forward's input, NCHW dense
-        dy_ptr,  # *T gradient of the output: (N, C, H, W), or (N, C, OH, OW) when POOL
-        am_ptr,  # *u8|i32 (N, C, OH, OW) the pool's argmax (read only when POOL)
-        dx_ptr,  # *T (N, C, H, W) gradient of the input, same strides as x
-        C, H, W, OH, OW,  # channels, input height and width, pooled height and width
-        s_n, s_c, s_h, s_w,  # strides of x, dx (and dy unless POOL) in elements
-        o_n, o_c, o_h, o_w,  # strides of dy and am when POOL, in elements
-        KH, KW, SH, SW, PH, PW,  # pooling kernel, stride, padding (used only when POOL)
-        size, lo, alpha_n, beta, k,  # LRN window, channels before c, alpha / size, exponent, constant
-        POOL: tl.constexpr,
-        NWIN: tl.constexpr,  # with POOL: >= ceil(kernel / stride), the windows per axis holding a pixel
-        RING: tl.constexpr,  # rows of each ring: a power of two >= size
-        CHUNK: tl.constexpr, BLOCK_HW: tl.constexpr,
-    ):
-        pid_c, pid_hw, n = _tile_ids(C, CHUNK, H * W, BLOCK_HW)
-        hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]  # (1, BLOCK_HW)
-        in_hw = hw < H * W
-        ih = hw // W
-        iw = hw % W
-        x_base = n.to(tl.int64) * s_n
-        o_base = n.to(tl.int64) * o_n
-        sp_off = ih.to(tl.int64) * s_h + iw.to(tl.int64) * s_w
-        rows = tl.arange(0, RING)[:, None]  # (RING, 1)
-        R = _acc_zeros(rows + hw, x_ptr)  # (RING, BLOCK_HW)
-        T = R
-        A = R
-        hi = size - 1 - lo
-        c0 = pid_c * CHUNK
-        c_end = tl.minimum(c0 + CHUNK, C)
-        base = c0 - 2 * size  # below every channel index used here, so (ch - base) % size >= 0
-        coef = 2.0 * alpha_n * beta
-        for i in range(c0 - size + 1, c_end + size - 1):
-            m_i = in_hw & (i >= 0) & (i < C)
-            r_i = _relu(_upcast(tl.load(x_ptr + x_base + i * s_c + sp_off, mask=m_i, other=0.0)))
-            R = tl.where(rows == (i - base) % size, r_i * r_i, R)
-
-            j = i - hi  # R now holds channels [j - lo, j + hi]: s_j is complete
-            m_j = in_hw & (j >= 0) & (j < C)
-            s_j = k + alpha_n * tl.sum(R, axis=0)[None, :]
-            r_j = _relu(_upcast(tl.load(x_ptr + x_base + j * s_c + sp_off, mask=m_j, other=0.0)))
-            if POOL:
-                g_j = _gather_pool_grad(dy_ptr, am_ptr, o_base, j, ih, iw, m_j, OH, OW, o_c, o_h, o_w,
-                                        KH, KW, SH, SW, PH, PW, NWIN, NWIN)
-            else:
-                g_j = _upcast(tl.load(dy_ptr + x_base + j * s_c + sp_off, mask=m_j, other=0.0))
-            slot_j = rows == (j - base) % size
-            T = tl.where(slot_j, tl.where(m_j, g_j * r_j * _pow(s_j, -beta - 1.0), 0.0), T)
-            A = tl.where(slot_j, tl.where(m_j, g_j * _pow(s_j, -beta), 0.0), A)
-
-            c = i - size + 1  # T now holds t over [c - hi, c + lo]
-            m_c = in_hw & (c >= c0) & (c < c_end)
-            offs_c = x_base + c * s_c + sp_off
-            x_c = _upcast(tl.load(x_ptr + offs_c, mask=m_c, other=0.0))
-            a_c = tl.sum(tl.where(rows == (c - base) % size, A, 0.0), axis=0)[None, :]
-            dx = tl.where(x_c > 0, a_c - coef * _relu(x_c) * tl.sum(T, axis=0)[None, :], 0.0)
-            tl.store(dx_ptr + offs_c, dx.to(dx_ptr.dtype.element_ty), mask=m_c)
-
 
 # ------------------------------------------------------------------------------------ launchers
 
-# NCHW: tiles long along the contiguous H*W axis; channels_last: long along the contiguous C axis.
-# Each builds without register spills for every dtype on sm_80 and sm_90 (tests/test_compile_sm.py).
-_FWD_CONFIGS = {
-    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=128), num_warps=4),
-    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4),
-}
-_BWD_CONFIGS = {
-    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=128), num_warps=4),
-    torch.channels_last: Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=8),
-}
-# The channel-walking backward for NCHW, for windows of up to 8 channels (one config per ring size).
-# BLOCK_HW = 32 * num_warps keeps each ring's rows inside one thread.
-# With pooling, for windows that overlap at most twice per axis (kernel <= 2 * stride: AlexNet's 3/2).
-SEQ_MAX_SIZE = 8
-SEQ_CONFIGS = {(ring, pool, nwin): Config(dict(RING=ring, POOL=pool, NWIN=nwin, CHUNK=32, BLOCK_HW=128),
-                                          num_warps=4)
-               for ring in (1, 2, 4, 8) for pool, nwin in ((False, 1), (True, 1), (True, 2))}
+# Tiles of the channels_last (and wide-window) kernels: long along the contiguous C axis.
+_TILE_FWD = Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4)
+_TILE_BWD = Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=8)
+WALK_MAX_SIZE = 16  # the walking kernels keep SIZE values per pixel and ring in registers
+_WALK_PIXELS = 512  # pixels per program of the walking kernels without pooling (4 per thread)
+_WALK_CHANNELS = 32  # about this many output channels per program
 
 
-def _windows_per_axis(pool) -> int:
-    kernel, stride, _ = pool
-    return max(-(-kernel[0] // stride[0]), -(-kernel[1] // stride[1]))
+def strides(shape, fmt) -> tuple[int, int, int, int]:
+    """Element strides of a dense (N, C, H, W) tensor in ``fmt``, from its shape alone: PyTorch's own
+    strides of size-1 dimensions can be anything (``torch.randn(1, 4, 1, 6).transpose(2, 3)`` is
+    contiguous with stride(3) == 6)."""
+    _, c, h, w = shape
+    if fmt == torch.channels_last:
+        return (c * h * w, 1, w * c, c)
+    return (c * h * w, h * w, w, 1)
 
 
-def use_seq_backward(fmt, size: int, pool=None) -> bool:
-    """pool: None, or (kernel, stride, padding) of the fused block."""
-    return (fmt == torch.contiguous_format and size <= SEQ_MAX_SIZE
-            and (pool is None or _windows_per_axis(pool) <= 2))
+def needs_int64(*tensors) -> bool:
+    """Offsets inside one image are int32 unless an image (input or output) nears 2^31 elements."""
+    return any(t[0].numel() >= 2**31 - 2**24 for t in tensors if t.dim() == 4 and t.shape[0] > 0)
 
 
-def seq_config(size: int, pool) -> Config:
-    return SEQ_CONFIGS[(triton.next_power_of_2(size), pool is not None,
-                        1 if pool is None else _windows_per_axis(pool))]
+def _chunk(c: int, size: int, halo: int) -> int:
+    """Output channels per program: about _WALK_CHANNELS, and chunk + halo a multiple of size so the
+    walk (unrolled by size) wastes no step."""
+    q = -(-(min(c, _WALK_CHANNELS) + halo) // size)
+    return max(1, q * size - halo)
+
+
+def _mean_groups(c: int, chunk: int, size: int, halo: int) -> float:
+    counts = [-(-(min(chunk, c - c0) + halo) // size) for c0 in range(0, c, chunk)]
+    return sum(counts) / len(counts)
+
+
+def _pool_tile(rows: int, cols: int) -> tuple[int, int]:
+    """(BR, BC): a power-of-two tile of 128 threads over a (rows, cols) grid of patches or blocks."""
+    bc = min(triton.next_power_of_2(cols), 32)
+    return max(1, 128 // bc), bc
+
+
+def walk_forward_fits(size: int, pool=None) -> int:
+    """Pooled outputs per thread along W for the walking forward (2 or 1), or 0 if it doesn't fit."""
+    if size > WALK_MAX_SIZE:
+        return 0
+    if pool is None:
+        return 1
+    (kh, kw), (sh, sw), _ = pool
+    for tow in (2, 1):
+        if kh * ((tow - 1) * sw + kw) * size <= 80:
+            return tow
+    return 0
+
+
+def _windows(k: int, s: int, p: int) -> tuple[int, int]:
+    """(first, count): the pooled rows oh = b + first + [0, count) whose windows can hold a row of the
+    block of s input rows starting at b * s."""
+    first = -((k - 1 - p) // s)  # ceil((p - k + 1) / s)
+    last = (s - 1 + p) // s
+    return first, last - first + 1
+
+
+def walk_backward_fits(size: int, pool=None) -> bool:
+    if size > WALK_MAX_SIZE:
+        return False
+    if pool is None:
+        return True
+    (kh, kw), (sh, sw), (ph, pw) = pool
+    return _windows(kh, sh, ph)[1] * _windows(kw, sw, pw)[1] <= 4 and sh * sw * size <= 32
+
+
+def _pool_constexprs(pool):
+    (kh, kw), (sh, sw), (ph, pw) = pool
+    return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw)
+
+
+def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
+    """relu_lrn (pool None) or relu_lrn_max_pool2d (pool = (kernel, stride, padding)) forward, NCHW."""
+    n, c, h, w = x.shape
+    chunk = _chunk(c, size, size - 1)
+    n_cb = triton.cdiv(c, chunk)
+    if pool is None:
+        br, bc, n_t, n_tc, tow = 1, _WALK_PIXELS, triton.cdiv(h * w, _WALK_PIXELS), 1, 1
+        consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0)
+        oh, ow = h, w
+    else:
+        tow = walk_forward_fits(size, pool)
+        oh, ow = y.shape[2:]
+        n_pr, n_pc = oh, triton.cdiv(ow, tow)
+        br, bc = _pool_tile(n_pr, n_pc)
+        n_tc = triton.cdiv(n_pc, bc)
+        n_t = triton.cdiv(n_pr, br) * n_tc
+        consts = _pool_constexprs(pool)
+    cfg = Config(dict(SIZE=size, BETA=float(beta), POOL=pool is not None, TOH=1, TOW=tow, BR=br, BC=bc,
+                      CHUNK=chunk, BIG=needs_int64(x, y), **consts), num_warps=4)
+    launch("relu_lrn_fwd" if pool is None else "relu_lrn_max_pool2d_fwd", _lrn_fwd_walk_kernel,
+           (n_cb * n_t * n,), (x, y, y if am is None else am, c, h, w, oh, ow, n_cb, n_t, n_tc,
+                               alpha / size, k), cfg, x.device, (_mean_groups(c, chunk, size, size - 1),))
+
+
+def launch_walk_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
+    """relu_lrn (pool None) or relu_lrn_max_pool2d backward, NCHW; with pool, dy and am are pooled."""
+    n, c, h, w = x.shape
+    chunk = _chunk(c, size, 2 * size - 2)
+    n_cb = triton.cdiv(c, chunk)
+    if pool is None:
+        br, bc, n_t, n_tc = 1, _WALK_PIXELS, triton.cdiv(h * w, _WALK_PIXELS), 1
+        consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0, OH_LO=0, NWH=1, OW_LO=0, NWW=1)
+        oh, ow = h, w
+    else:
+        (kh, kw), (sh, sw), (ph, pw) = pool
+        oh, ow = dy.shape[2:]
+        n_br, n_bc = triton.cdiv(h, sh), triton.cdiv(w, sw)
+        br, bc = _pool_tile(n_br, n_bc)
+        n_tc = triton.cdiv(n_bc, bc)
+        n_t = triton.cdiv(n_br, br) * n_tc
+        (oh_lo, nwh), (ow_lo, nww) = _windows(kh, sh, ph), _windows(kw, sw, pw)
+        consts = dict(**_pool_constexprs(pool), OH_LO=oh_lo, NWH=nwh, OW_LO=ow_lo, NWW=nww)
+    cfg = Config(dict(SIZE=size, BETA=float(beta), POOL=pool is not None, BR=br, BC=bc, CHUNK=chunk,
+                      BIG=needs_int64(x, dy), **consts), num_warps=4)
+    launch("relu_lrn_bwd" if pool is None else "relu_lrn_max_pool2d_bwd", _lrn_bwd_walk_kernel,
+           (n_cb * n_t * n,), (x, dy, dx if am is None else am, dx, c, h, w, oh, ow, n_cb, n_t, n_tc,
+                               alpha / size, k), cfg, x.device, (_mean_groups(c, chunk, size, 2 * size - 2),))
 
 
 def _lrn_window(size: int) -> int:
     return size // 2  # channels before c: PyTorch pads (size // 2, (size - 1) // 2)
 
 
-def _launch(kernel, tensors, x: torch.Tensor, fmt, size, alpha, beta, k) -> None:
+def _launch_tile(kernel, name, tensors, x, fmt, size, alpha, beta, k) -> None:
     n, c, h, w = x.shape
-    cfg = (_FWD_CONFIGS if kernel is _relu_lrn_fwd_kernel else _BWD_CONFIGS)[fmt]
+    cfg = _TILE_FWD if kernel is _relu_lrn_fwd_kernel else _TILE_BWD
+    s_n, s_c, _, s_w = strides(x.shape, fmt)
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
-    name = "relu_lrn_fwd" if kernel is _relu_lrn_fwd_kernel else "relu_lrn_bwd"
     trips = (size,) if kernel is _relu_lrn_fwd_kernel else (size, size)
-    launch(name, kernel, grid, (*tensors, c, h * w, x.stride(0), x.stride(1), x.stride(3), size,
-                                _lrn_window(size), alpha / size, beta, k), cfg, x.device, trips)
-
-
-def launch_seq_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
-    """pool: None (relu_lrn) or (kernel, stride, padding) for the fused block, whose dy and am are
-    pooled-shaped."""
-    n, c, h, w = x.shape
-    cfg = seq_config(size, pool)
-    grid = (triton.cdiv(c, cfg.constexprs["CHUNK"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
-    kernel, stride, padding = pool or ((1, 1), (1, 1), (0, 0))  # ignored without pooling
-    launch("lrn_bwd_seq", _lrn_bwd_seq_kernel, grid,
-           (x, dy, dx if am is None else am, dx, c, h, w, dy.shape[2], dy.shape[3], *x.stride(), *dy.stride(),
-            *kernel, *stride, *padding, size, _lrn_window(size), alpha / size, beta, k), cfg, x.device,
-           (min(cfg.constexprs["CHUNK"], c) + 2 * size - 2,))
+    launch(name, kernel, grid, (*tensors, c, h * w, s_n, s_c, s_w, size, _lrn_window(size), alpha / size, k),
+           cfg, x.device, trips, BETA=float(beta))
 
 
 def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -268,7 +527,10 @@ def _relu_lrn_forward(x, size, alpha, beta, k):
         return y
     if not use_triton(x):
         return y.copy_(lrn_forward_torch(x, size, alpha, beta, k))
-    _launch(_relu_lrn_fwd_kernel, (x, y), x, fmt, size, alpha, beta, k)
+    if fmt == torch.contiguous_format and walk_forward_fits(size):
+        launch_walk_forward(x, y, None, None, size, alpha, beta, k)
+    else:
+        _launch_tile(_relu_lrn_fwd_kernel, "relu_lrn_fwd", (x, y), x, fmt, size, alpha, beta, k)
     return y
 
 
@@ -282,10 +544,10 @@ def _relu_lrn_backward(dy, x, size, alpha, beta, k):
         return dx
     if not use_triton(x):
         return dx.copy_(lrn_backward_torch(x, dy, size, alpha, beta, k))
-    if use_seq_backward(fmt, size):
-        launch_seq_backward(x, dy, None, dx, None, size, alpha, beta, k)
+    if fmt == torch.contiguous_format and walk_backward_fits(size):
+        launch_walk_backward(x, dy, None, dx, None, size, alpha, beta, k)
     else:
-        _launch(_relu_lrn_bwd_kernel, (x, dy, dx), x, fmt, size, alpha, beta, k)
+        _launch_tile(_relu_lrn_bwd_kernel, "relu_lrn_bwd", (x, dy, dx), x, fmt, size, alpha, beta, k)
     return dx
 
 
@@ -338,32 +600,3 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     check_tensor("relu_lrn", x, ndim=4)
     check_lrn_args("relu_lrn", size, alpha, beta, k)
     return relu_lrn_op(x, size, float(alpha), float(beta), float(k))
-
-
-# ------------------------------------------------------------------------- compile-test signatures
-
-
-def _signature(kernel_name: str, dtype: str) -> dict:
-    ptrs = ["x_ptr", "y_ptr"] if kernel_name == "relu_lrn_fwd" else ["x_ptr", "dy_ptr", "dx_ptr"]
-    sig = {p: f"*{dtype}" for p in ptrs}
-    sig.update(C="i32", HW="i32", s_n="i64", s_c="i64", s_hw="i64", size="i32", lo="i32",
-               alpha_n="fp32", beta="fp32", k="fp32", BLOCK_C="constexpr", BLOCK_HW="constexpr")
-    return sig
-
-
-def _seq_signature(dtype: str) -> dict:
-    sig = {"x_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "am_ptr": "*u8", "dx_ptr": f"*{dtype}"}
-    sig.update({name: "i32" for name in ("C", "H", "W", "OH", "OW")})
-    sig.update({name: "i64" for name in ("s_n", "s_c", "s_h", "s_w", "o_n", "o_c", "o_h", "o_w")})
-    sig.update({name: "i32" for name in ("KH", "KW", "SH", "SW", "PH", "PW", "size", "lo")})
-    sig.update(alpha_n="fp32", beta="fp32", k="fp32")
-    sig.update({name: "constexpr" for name in ("POOL", "NWIN", "RING", "CHUNK", "BLOCK_HW")})
-    return sig
-
-
-if triton is not None:
-    register_kernel("relu_lrn_fwd", _relu_lrn_fwd_kernel, _FWD_CONFIGS.values(),
-                    lambda dtype: _signature("relu_lrn_fwd", dtype))
-    register_kernel("relu_lrn_bwd", _relu_lrn_bwd_kernel, _BWD_CONFIGS.values(),
-                    lambda dtype: _signature("relu_lrn_bwd", dtype))
-    register_kernel("lrn_bwd_seq", _lrn_bwd_seq_kernel, SEQ_CONFIGS.values(), _seq_signature)
