@@ -3,9 +3,12 @@
 The reference is ``reference.dropout_with_mask(x, mask, p)`` with the mask recovered from the op's
 output (nonzero where the input was nonzero). Statistics: keep rate within 6 binomial standard
 deviations. Seeds: same seed same mask, different seeds different masks, seed=None follows
-torch.manual_seed without reseeding the global generator."""
+torch.manual_seed without reseeding the global generator, an integer seed reaches the kernel as an
+integer (never a tensor). The stream is pinned: element g takes word g mod 4 of Philox4x32-10 at
+counter g div 4 (checked against a plain-Python Philox that reproduces Random123's known answers)."""
 
 import contextlib
+import importlib
 import math
 
 import pytest
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import reference
+from kernels._common import recording
 from tests._utils import (
     PATHS,
     TOLERANCES,
@@ -32,6 +36,7 @@ from tests._utils import (
 )
 
 ERRORS = (TypeError, ValueError, RuntimeError)
+DROPOUT = importlib.import_module("kernels.dropout")  # the module (kernels.dropout is the function)
 OPS = {"dropout": kernels.dropout, "relu_dropout": kernels.relu_dropout}
 probs = st.sampled_from([0.1, 0.3, 0.5, 0.75, 0.9]) | st.floats(0.01, 0.99)
 
@@ -251,6 +256,132 @@ def test_dropout_triton_and_torch_paths_draw_the_same_mask(op_name, shape, lay):
     assert torch.equal(a != 0, b != 0), f"{int((a != 0).ne(b != 0).sum())} of {a.numel()} mask bits differ"
 
 
+# A plain-Python Philox4x32-10, independent of the module's: Random123's known-answer vectors pin it.
+_M32 = 0xFFFFFFFF
+
+
+def philox4x32_10(counter, key):
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0, p2 = 0xCD9E8D57 * c2, 0xD2511F53 * c0
+        c0, c1, c2, c3 = (p0 >> 32) ^ c1 ^ k0, p0 & _M32, (p2 >> 32) ^ c3 ^ k1, p2 & _M32
+        k0, k1 = (k0 + 0x9E3779B9) & _M32, (k1 + 0xBB67AE85) & _M32
+    return c0, c1, c2, c3
+
+
+def test_reference_philox_reproduces_random123_known_answers():
+    assert philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert philox4x32_10((_M32,) * 4, (_M32, _M32)) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == (
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+def reference_keep(seed: int, index: int, p: float) -> bool:
+    """Element ``index`` takes word index mod 4 of Philox at counter index div 4 (key = the seed)."""
+    q = index // 4
+    u = philox4x32_10((q & _M32, q >> 32, 0, 0), (seed & _M32, seed >> 32))[index % 4]
+    return (u >> 1) >= min(round(p * 2.0**31), 2**31 - 1)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("seed", [0, 2**32 + 7, 2**62 + 12345])
+def test_dropout_stream_is_word_i_mod_4_of_philox_at_counter_i_div_4(path, op_name, seed):
+    n = 203  # not a multiple of 4: the last counter serves three elements
+    out, _ = run(path, op_name, torch.ones(n), 0.5, seed=seed)
+    expected = torch.tensor([reference_keep(seed, i, 0.5) for i in range(n)])
+    assert torch.equal(out != 0, expected), f"{int((out != 0).ne(expected).sum())} of {n} elements differ"
+    # with position, the counter is the index in the larger tensor (here past 2^34: a nonzero high word)
+    row0, col0, width = 2**31 + 3, 8, 24
+    out = run_position(path, op_name, torch.ones(2, 9), 0.5, seed, (row0, col0, width))
+    expected = torch.tensor([[reference_keep(seed, (row0 + r) * width + col0 + c, 0.5) for c in range(9)]
+                             for r in range(2)])
+    assert torch.equal(out != 0, expected), f"position: {int((out != 0).ne(expected).sum())} elements differ"
+
+
+def run_position(path, op_name, x, p, seed, position):
+    with on_path(path):
+        return OPS[op_name](x, p, True, seed, position=position)
+
+
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+@pytest.mark.parametrize("shape,position", [
+    ((6, 40), (3, 8, 64)),  # aligned: one Philox call per four elements
+    ((5, 7), (2, 3, 13)),  # a column and a width that are not multiples of 4: a call per element
+    ((4, 12), (1, 0, 12)),  # a data shard: rows of the whole width
+    ((2, 4100), (1, 4, 4108)),  # rows longer than one program's block (a row per several programs)
+    ((3, 6), (2**31 - 1, 4, 12)),  # indices past 2^31 (int64 offsets) and past 2^34 (high counter word)
+    ((3, 5), (2**30 + 1, 3, 11)),  # the same, unaligned
+])
+def test_dropout_triton_and_torch_paths_draw_the_same_mask_with_position(op_name, shape, position):
+    x = nonzero_values(shape, 17, torch.float32, negative=False)
+    a = run_position("triton", op_name, x, 0.5, 2**33 + 5, position)
+    b = run_position("torch", op_name, x, 0.5, 2**33 + 5, position)
+    assert torch.equal(a != 0, b != 0), f"{int((a != 0).ne(b != 0).sum())} of {a.numel()} mask bits differ"
+    kept = float((a != 0).float().mean())
+    assert 0.2 < kept < 0.8, kept
+
+
+def test_dropout_int64_kernel_variant_draws_the_same_mask():
+    """The BIG (int64 offsets and counters) variant of the forward kernel, which launches only past 2^31
+    elements, run on a small tensor: the same output as the int32 variant."""
+    if not DROPOUT.use_triton(torch.ones(1)):
+        pytest.skip("needs the Triton interpreter")
+    x = nonzero_values((5000,), 19, torch.float32)
+    outs = []
+    for big in (False, True):
+        y = torch.empty_like(x)
+        DROPOUT._dropout_fwd_kernel[(3,)](x, y, None, 2**40 + 3, x.numel(), 2**30, 2.0, 0, 0, 0, 0,
+                                          APPLY_RELU=False, SEED_IN_MEMORY=False, REMAP=False, ALIGNED=True,
+                                          BIG=big, BLOCK=2048)
+        outs.append(y)
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], kernels.dropout(x, 0.5, True, 2**40 + 3))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+def test_dropout_int_seed_and_seed_tensor_draw_the_same_mask(path, op_name):
+    x = nonzero_values((3, 500), 20, torch.float32)
+    g = make_grad(x.shape, 20, torch.float32)
+    a, ga = run(path, op_name, x, 0.5, seed=2**35 + 9, grad_out=g)
+    b, gb = run(path, op_name, x, 0.5, seed=torch.tensor([2**35 + 9]), grad_out=g)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+def test_dropout_int_seed_is_a_kernel_argument_not_a_tensor(op_name, monkeypatch):
+    """An integer seed costs no host-to-device copy (and cannot break CUDA-graph capture): every launch,
+    forward and backward, gets only data tensors and the seed as an int. seed=None passes the kernel an
+    int64 seed tensor drawn on the data's device."""
+    x = torch.randn(4, 256).requires_grad_()
+    launches = []
+
+    def no_tensor(*args, **kwargs):
+        raise AssertionError("torch.tensor called")
+
+    with recording(launches.append):
+        monkeypatch.setattr(torch, "tensor", no_tensor)
+        y = OPS[op_name](x, 0.5, True, 123)
+        torch.autograd.grad(y, x, torch.ones_like(y))
+        monkeypatch.undo()
+    assert [launch.name for launch in launches] == (
+        ["dropout_fwd", "dropout_fwd"] if op_name == "dropout" else ["dropout_fwd", "relu_dropout_bwd"])
+    for launch in launches:
+        tensors = [a for a in launch.args if isinstance(a, torch.Tensor)]
+        assert len(tensors) == (2 if launch.name == "dropout_fwd" else 3), launch.args
+        assert all(t.shape == x.shape for t in tensors), [t.shape for t in tensors]
+    fwd = launches[0]
+    assert any(type(a) is int and a == 123 for a in fwd.args), fwd.args
+    launches.clear()
+    with recording(launches.append):
+        OPS[op_name](x, 0.5, True, None)
+    seeds = [a for a in launches[0].args if isinstance(a, torch.Tensor) and a.shape != x.shape]
+    assert len(seeds) == 1 and seeds[0].dtype == torch.int64 and seeds[0].numel() == 1
+    assert seeds[0].device == x.device
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -322,6 +453,30 @@ def test_dropout_opcheck(op_name, fmt):
     x = to_memory_format(nonzero_values((2, 3, 5, 6), 13, torch.float32), fmt).requires_grad_()
     torch.library.opcheck(op, (x, torch.tensor([42], dtype=torch.int64), 0.5))
     torch.library.opcheck(op, (x, torch.tensor([7], dtype=torch.int64), 0.25))
+    torch.library.opcheck(op, (x, None, 0.5, 0, 0, 0, 2**40 + 1))  # an integer seed: no seed tensor
+    block = nonzero_values((3, 6), 13, torch.float32).requires_grad_()
+    torch.library.opcheck(op, (block, None, 0.5, 3, 4, 12, 99))  # a block of a larger tensor
+
+
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+def test_dropout_compile_fullgraph_int_seed_and_position(op_name):
+    """torch.compile(fullgraph=True) with an integer seed and with position: no graph break, the
+    eager outputs and gradients."""
+    torch._dynamo.reset()
+    fn = OPS[op_name]
+
+    def f(x):
+        block = fn(x[:, 4:], 0.5, True, 77, position=(2, 4, 12))
+        return fn(x, 0.5, True, 1234) + 2.0 * block.sum(1, keepdim=True)
+
+    x = nonzero_values((3, 12), 21, torch.float32)
+    results = []
+    for g in (f, torch.compile(f, backend="aot_eager", fullgraph=True)):
+        xk = x.clone().requires_grad_()
+        out = g(xk)
+        out.sum().backward()
+        results.append((out.detach(), xk.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
 def saved_storages(fn, x):
