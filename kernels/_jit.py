@@ -91,9 +91,9 @@ def _gather_pool_grad(
 
 
 # ----------------------------------------------------------------- LRN by walking the channels
-# A program walks the channels in order and keeps, per pixel, a ring of the last SIZE relu'd
-# values in registers (a tuple indexed by constants: the walk is unrolled by SIZE, so slot j of the
-# ring is always channel i with i = j mod SIZE and no index is computed at run time).
+# A program walks the channels in order and keeps, per pixel, the last SIZE relu'd values in
+# registers: a tuple used as a shift register (oldest first, newest last). The walk is unrolled by
+# SIZE, so after SIZE shifts every value is back in its register: shifting costs no instruction.
 
 
 @triton.jit
@@ -119,24 +119,27 @@ def _pow_neg(s, BETA: tl.constexpr):
 
 
 @triton.jit
-def _ring_sumsq(ring, j: tl.constexpr, SIZE: tl.constexpr):
-    """sum of squares of the ring's values, oldest first (slot j holds the newest): always the same
-    order of channels, whatever kernel or chunk computes it, so every kernel rounds s alike."""
-    o = (j + 1) % SIZE
-    s = ring[o] * ring[o]
+def _ring_sumsq(ring, SIZE: tl.constexpr):
+    """Sum of squares of the ring, oldest first: always the same order of channels, whatever kernel
+    or chunk computes it, so every kernel rounds s alike."""
+    s = ring[0] * ring[0]
     for d in tl.static_range(1, SIZE):
-        o = (j + 1 + d) % SIZE
-        s += ring[o] * ring[o]
+        s += ring[d] * ring[d]
     return s
 
 
 @triton.jit
-def _ring_sum(ring, j: tl.constexpr, SIZE: tl.constexpr):
-    o = (j + 1) % SIZE
-    s = ring[o]
+def _ring_sum(ring, SIZE: tl.constexpr):
+    s = ring[0]
     for d in tl.static_range(1, SIZE):
-        s += ring[(j + 1 + d) % SIZE]
+        s += ring[d]
     return s
+
+
+@triton.jit
+def _shift(ring, v):
+    """The ring with its oldest value dropped and v appended."""
+    return ring[1:] + (v,)
 
 
 @triton.jit

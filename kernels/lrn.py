@@ -36,6 +36,7 @@ if triton is not None:
         _relu_up,
         _ring_sum,
         _ring_sumsq,
+        _shift,
         _tile_ids,
         _upcast,
         _window_sumsq,
@@ -49,6 +50,69 @@ if triton is not None:
     # POOL, pooled at once. With POOL a thread owns a patch of TOH x TOW pooled outputs and the
     # ((TOH-1)*SH+KH) x ((TOW-1)*SW+KW) input pixels under them, so each LRN value is computed once
     # per patch (windows that overlap inside a patch share it).
+    @triton.jit
+    def _fwd_steps(
+        R, i0, c0, c_end, C, HW, OH, OW, x_img, y_img, am_img, offs, inb, pr, pc, alpha_n, k, zero,
+        SIZE: tl.constexpr, BETA: tl.constexpr, POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, TOH: tl.constexpr,
+        TOW: tl.constexpr, NPIX: tl.constexpr, BIG: tl.constexpr, MASKED: tl.constexpr,
+    ):
+        """SIZE steps of the forward walk from channel i0: load channel i, finish channel i - HI."""
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        V: tl.constexpr = (TOW - 1) * SW + KW
+        OHW = OH * OW
+        for j in tl.static_range(SIZE):
+            i = i0 + j  # the channel loaded now
+            if MASKED:
+                ok_i = (i >= 0) & (i < C)
+            else:
+                ok_i = True
+            if BIG:
+                x_i = x_img + i.to(tl.int64) * HW
+            else:
+                x_i = x_img + i * HW
+            for p in tl.static_range(NPIX):
+                v = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
+                R = _put(R, p, _shift(R[p], v))
+            c = i - HI  # its window [c - LO, c + HI] is in the rings now
+            if MASKED:
+                ok_c = (c >= c0) & (c < c_end)
+            else:
+                ok_c = True
+            if BIG:
+                cc = c.to(tl.int64)
+            else:
+                cc = c
+            if POOL:
+                vals = ()
+                for p in tl.static_range(NPIX):
+                    y = R[p][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], SIZE), BETA)
+                    # rounded to the output dtype, as relu_lrn's output is, before it competes
+                    vals = vals + (_upcast(y.to(y_img.dtype.element_ty)),)
+                for a in tl.static_range(TOH):
+                    for b in tl.static_range(TOW):
+                        oh = pr * TOH + a
+                        ow = pc * TOW + b
+                        best = zero - float("inf")
+                        # PyTorch's rule: the first in-bounds position starts, a value wins when
+                        # v > best or v is NaN; padding never wins
+                        arg = tl.maximum(PH - oh * SH, 0) * KW + tl.maximum(PW - ow * SW, 0)
+                        for kh in tl.static_range(KH):
+                            for kw in tl.static_range(KW):
+                                v = vals[(a * SH + kh) * V + (b * SW + kw)]
+                                take = inb[(a * SH + kh) * V + (b * SW + kw)] & ((v > best) | (v != v))
+                                best = tl.where(take, v, best)
+                                arg = tl.where(take, kh * KW + kw, arg)
+                        o_off = cc * OHW + oh * OW + ow
+                        o_ok = (oh < OH) & (ow < OW) & ok_c
+                        tl.store(y_img + o_off, best.to(y_img.dtype.element_ty), mask=o_ok)
+                        tl.store(am_img + o_off, arg.to(am_img.dtype.element_ty), mask=o_ok)
+            else:
+                y = R[0][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[0], SIZE), BETA)
+                tl.store(y_img + cc * HW + offs[0], y.to(y_img.dtype.element_ty), mask=inb[0] & ok_c)
+        return R
+
     @triton.jit
     def _lrn_fwd_walk_kernel(
         x_ptr,  # *T (N, C, H, W) input, NCHW dense
@@ -65,7 +129,6 @@ if triton is not None:
         CHUNK: tl.constexpr, BIG: tl.constexpr,  # output channels per program; int64 offsets
     ):
         LO: tl.constexpr = SIZE // 2
-        HI: tl.constexpr = SIZE - 1 - LO
         pid = tl.program_id(0)
         cb = pid % n_cb
         rest = pid // n_cb
@@ -77,9 +140,11 @@ if triton is not None:
             OHW = OH * OW
             y_img = y_ptr + n.to(tl.int64) * C * OHW
             am_img = am_ptr + n.to(tl.int64) * C * OHW
-            tr = t // n_tc
-            pr = (tr * BR + tl.arange(0, BR))[:, None]  # (BR, 1) patch row
-            pc = ((t - tr * n_tc) * BC + tl.arange(0, BC))[None, :]  # (1, BC) patch column
+            # a flat block of BR * BC patches of the plane's (OH / TOH) x n_tc grid of patches: one
+            # vector division per program, outside the channel walk
+            q = t * (BR * BC) + tl.arange(0, BR * BC)
+            pr = q // n_tc  # patch row (past the last row for the block's tail: masked)
+            pc = q - pr * n_tc  # patch column
             U: tl.constexpr = (TOH - 1) * SH + KH  # input rows under a patch
             V: tl.constexpr = (TOW - 1) * SW + KW  # input columns under a patch
             ih0 = pr * (TOH * SH) - PH
@@ -97,57 +162,32 @@ if triton is not None:
             offs = (hw,)
             inb = (hw < HW,)
             NPIX: tl.constexpr = 1
+            am_img = y_img
+            pr = hw
+            pc = hw
         zero = _acc_zeros(offs[0], x_ptr)
-        R = ((zero,) * SIZE,) * NPIX  # R[p][slot]: relu'd x of the last SIZE channels at pixel p
+        R = ((zero,) * SIZE,) * NPIX  # R[p]: relu'd x of the last SIZE channels at pixel p, oldest first
 
         c0 = cb * CHUNK
         c_end = tl.minimum(c0 + CHUNK, C)
-        for g in range(0, tl.cdiv(c_end - c0 + SIZE - 1, SIZE)):
-            for j in tl.static_range(SIZE):
-                i = c0 - LO + g * SIZE + j  # the channel loaded now
-                ok_i = (i >= 0) & (i < C)
-                if BIG:
-                    x_i = x_img + i.to(tl.int64) * HW
-                else:
-                    x_i = x_img + i * HW
-                for p in tl.static_range(NPIX):
-                    v = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
-                    R = _put(R, p, _put(R[p], j, v))
-                c = i - HI  # its window [c - LO, c + HI] is in the rings now
-                ok_c = (c >= c0) & (c < c_end)
-                if BIG:
-                    cc = c.to(tl.int64)
-                else:
-                    cc = c
-                if POOL:
-                    vals = ()
-                    for p in tl.static_range(NPIX):
-                        y = R[p][(j - HI + SIZE) % SIZE] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], j, SIZE),
-                                                                  BETA)
-                        # rounded to the output dtype, as relu_lrn's output is, before it competes
-                        vals = vals + (_upcast(y.to(y_ptr.dtype.element_ty)),)
-                    for a in tl.static_range(TOH):
-                        for b in tl.static_range(TOW):
-                            oh = pr * TOH + a
-                            ow = pc * TOW + b
-                            best = zero - float("inf")
-                            # PyTorch's rule: the first in-bounds position starts, a value wins when
-                            # v > best or v is NaN; padding never wins
-                            arg = tl.maximum(PH - oh * SH, 0) * KW + tl.maximum(PW - ow * SW, 0)
-                            for kh in tl.static_range(KH):
-                                for kw in tl.static_range(KW):
-                                    p = (a * SH + kh) * V + (b * SW + kw)
-                                    take = inb[p] & ((vals[p] > best) | (vals[p] != vals[p]))
-                                    best = tl.where(take, vals[p], best)
-                                    arg = tl.where(take, kh * KW + kw, arg)
-                            o_off = cc * OHW + oh * OW + ow
-                            o_ok = (oh < OH) & (ow < OW) & ok_c
-                            tl.store(y_img + o_off, best.to(y_ptr.dtype.element_ty), mask=o_ok)
-                            tl.store(am_img + o_off, arg.to(am_ptr.dtype.element_ty), mask=o_ok)
-                else:
-                    s_c = k + alpha_n * _ring_sumsq(R[0], j, SIZE)
-                    y = R[0][(j - HI + SIZE) % SIZE] * _pow_neg(s_c, BETA)
-                    tl.store(y_img + cc * HW + offs[0], y.to(y_ptr.dtype.element_ty), mask=inb[0] & ok_c)
+        # Groups of SIZE steps. Group 0 warms the rings up and the last ones may run past C or c_end:
+        # only those check channel bounds; groups [1, g1) are bound-free.
+        n_g = tl.cdiv(c_end - c0 + SIZE - 1, SIZE)
+        g1 = tl.minimum((c_end - c0 - 1) // SIZE, (C - c0 + LO - SIZE) // SIZE) + 1
+        g1 = tl.minimum(tl.maximum(g1, 1), n_g)
+        args = (c0, c_end, C, HW, OH, OW, x_img, y_img, am_img, offs, inb, pr, pc, alpha_n, k, zero)
+        if POOL:  # one build of the steps: a pooled walk's code is large (compile time)
+            for g in range(0, n_g):
+                R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH,
+                               TOW, NPIX, BIG, True)
+            return
+        R = _fwd_steps(R, c0 - LO, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW, NPIX, BIG, True)
+        for g in range(1, g1):
+            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW,
+                           NPIX, BIG, False)
+        for g in range(g1, n_g):
+            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW,
+                           NPIX, BIG, True)
 
     # Backward, walking the channels the same way. With r = relu(x), s_c = k + (alpha/size) *
     # sum_{c' in win(c)} r_c'^2, and g the gradient of the LRN output (dy, or with POOL the pooled
@@ -160,6 +200,92 @@ if triton is not None:
     # With POOL a thread owns an SH x SW block of input pixels: the NWH x NWW windows that can hold
     # one of them are read once per channel, and each (window, pixel) pair whose window-local
     # position is a constant is one compare.
+    @triton.jit
+    def _route(gs, am, d, a: tl.constexpr, b: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+               SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, OH_LO: tl.constexpr,
+               OW_LO: tl.constexpr):
+        """Add window (a, b)'s gradient d to each pixel (u, v) of the SH x SW block that is its argmax.
+        The pixel's position inside the window, (u + PH - (OH_LO + a) * SH, v + PW - (OW_LO + b) * SW),
+        is a constant: one compare per (window, pixel) pair that can meet."""
+        for u in tl.static_range(SH):
+            for v in tl.static_range(SW):
+                if ((u + PH - (OH_LO + a) * SH >= 0) and (u + PH - (OH_LO + a) * SH < KH)
+                        and (v + PW - (OW_LO + b) * SW >= 0) and (v + PW - (OW_LO + b) * SW < KW)):
+                    hit = am == (u + PH - (OH_LO + a) * SH) * KW + (v + PW - (OW_LO + b) * SW)
+                    gs = _put(gs, u * SW + v, gs[u * SW + v] + tl.where(hit, d, 0.0))
+        return gs
+
+    @triton.jit
+    def _bwd_steps(
+        R, T, A, i0, c0, c_end, C, HW, OHW, x_img, dy_img, am_img, dx_img, offs, inb, w_offs, w_ok, alpha_n,
+        k, coef, zero, SIZE: tl.constexpr, BETA: tl.constexpr, POOL: tl.constexpr, KH: tl.constexpr,
+        KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+        OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr, NWW: tl.constexpr, NPIX: tl.constexpr,
+        BIG: tl.constexpr, MASKED: tl.constexpr,
+    ):
+        """SIZE steps of the backward walk from channel i0: load channel i, finish t and a of channel
+        i - HI and dx of channel i - SIZE + 1."""
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        for j in tl.static_range(SIZE):
+            i = i0 + j  # the channel loaded now
+            if MASKED:
+                ok_i = (i >= 0) & (i < C)
+            else:
+                ok_i = True
+            if BIG:
+                x_i = x_img + i.to(tl.int64) * HW
+            else:
+                x_i = x_img + i * HW
+            cj = i - HI  # s is complete for cj
+            if MASKED:
+                ok_j = (cj >= 0) & (cj < C)
+            else:
+                ok_j = True
+            if BIG:
+                cj_off = cj.to(tl.int64)
+            else:
+                cj_off = cj
+            if POOL:
+                gs = (zero,) * NPIX
+                for a in tl.static_range(NWH):
+                    for b in tl.static_range(NWW):
+                        m = w_ok[a * NWW + b] & ok_j
+                        o_off = cj_off * OHW + w_offs[a * NWW + b]
+                        am = tl.load(am_img + o_off, mask=m, other=-1).to(tl.int32)
+                        d = _upcast(tl.load(dy_img + o_off, mask=m, other=0.0))
+                        gs = _route(gs, am, d, a, b, KH, KW, SH, SW, PH, PW, OH_LO, OW_LO)
+            else:
+                gs = (_upcast(tl.load(dy_img + cj_off * HW + offs[0], mask=inb[0] & ok_j, other=0.0)),)
+            c = i - (SIZE - 1)  # dx is complete for c
+            if MASKED:
+                ok_c = (c >= c0) & (c < c_end)
+            else:
+                ok_c = True
+            if BIG:
+                cc = c.to(tl.int64)
+            else:
+                cc = c
+            for p in tl.static_range(NPIX):
+                r = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
+                Rp = _shift(R[p], r)
+                pw_b, pw_b1 = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, SIZE), BETA)
+                t_j = gs[p] * Rp[LO] * pw_b1
+                a_j = gs[p] * pw_b
+                if MASKED:  # channels outside [0, C) have no t or a (not even NaN from s = 0)
+                    t_j = tl.where(ok_j, t_j, 0.0)
+                    a_j = tl.where(ok_j, a_j, 0.0)
+                Tp = _shift(T[p], t_j)
+                Ap = _shift(A[p], a_j)
+                r_c = Rp[0]
+                t_sum = _ring_sum(Tp, SIZE)
+                dx = tl.where(r_c > 0, Ap[HI] - coef * r_c * t_sum, 0.0)
+                tl.store(dx_img + cc * HW + offs[p], dx.to(dx_img.dtype.element_ty), mask=inb[p] & ok_c)
+                R = _put(R, p, Rp)
+                T = _put(T, p, Tp)
+                A = _put(A, p, Ap)
+        return R, T, A
+
     @triton.jit
     def _lrn_bwd_walk_kernel(
         x_ptr,  # *T (N, C, H, W) the forward's input, NCHW dense
@@ -177,8 +303,6 @@ if triton is not None:
         BR: tl.constexpr, BC: tl.constexpr,  # pixel blocks per program (POOL), or BR * BC pixels
         CHUNK: tl.constexpr, BIG: tl.constexpr,
     ):
-        LO: tl.constexpr = SIZE // 2
-        HI: tl.constexpr = SIZE - 1 - LO
         pid = tl.program_id(0)
         cb = pid % n_cb
         rest = pid // n_cb
@@ -191,9 +315,10 @@ if triton is not None:
             OHW = OH * OW
             dy_img = dy_ptr + n.to(tl.int64) * C * OHW
             am_img = am_ptr + n.to(tl.int64) * C * OHW
-            tr = t // n_tc
-            bh = (tr * BR + tl.arange(0, BR))[:, None]  # (BR, 1) block row
-            bw = ((t - tr * n_tc) * BC + tl.arange(0, BC))[None, :]  # (1, BC) block column
+            # a flat block of BR * BC pixel blocks of the plane's (H / SH) x n_tc grid of blocks
+            q = t * (BR * BC) + tl.arange(0, BR * BC)
+            bh = q // n_tc  # block row
+            bw = q - bh * n_tc  # block column
             offs = ()
             inb = ()
             for u in tl.static_range(SH):
@@ -217,6 +342,10 @@ if triton is not None:
             offs = (hw,)
             inb = (hw < HW,)
             NPIX: tl.constexpr = 1
+            OHW = HW
+            am_img = dy_img
+            w_offs = offs
+            w_ok = inb
         zero = _acc_zeros(offs[0], x_ptr)
         R = ((zero,) * SIZE,) * NPIX
         T = R
@@ -225,58 +354,29 @@ if triton is not None:
 
         c0 = cb * CHUNK
         c_end = tl.minimum(c0 + CHUNK, C)
-        for g in range(0, tl.cdiv(c_end - c0 + 2 * SIZE - 2, SIZE)):
-            for j in tl.static_range(SIZE):
-                i = c0 - (SIZE - 1) + g * SIZE + j  # the channel loaded now
-                ok_i = (i >= 0) & (i < C)
-                if BIG:
-                    x_i = x_img + i.to(tl.int64) * HW
-                else:
-                    x_i = x_img + i * HW
-                cj = i - HI  # s is complete for cj
-                ok_j = (cj >= 0) & (cj < C)
-                if BIG:
-                    cj_off = cj.to(tl.int64)
-                else:
-                    cj_off = cj
-                if POOL:
-                    gs = (zero,) * NPIX
-                    for a in tl.static_range(NWH):
-                        for b in tl.static_range(NWW):
-                            q = a * NWW + b
-                            m = w_ok[q] & ok_j
-                            am = tl.load(am_img + cj_off * OHW + w_offs[q], mask=m, other=-1).to(tl.int32)
-                            d = _upcast(tl.load(dy_img + cj_off * OHW + w_offs[q], mask=m, other=0.0))
-                            for u in tl.static_range(SH):
-                                for v in tl.static_range(SW):
-                                    kh: tl.constexpr = u + PH - (OH_LO + a) * SH
-                                    kw: tl.constexpr = v + PW - (OW_LO + b) * SW
-                                    if (kh >= 0) and (kh < KH) and (kw >= 0) and (kw < KW):
-                                        p = u * SW + v
-                                        gs = _put(gs, p, gs[p] + tl.where(am == kh * KW + kw, d, 0.0))
-                else:
-                    gs = (_upcast(tl.load(dy_img + cj_off * HW + offs[0], mask=inb[0] & ok_j, other=0.0)),)
-                c = i - (SIZE - 1)  # dx is complete for c
-                ok_c = (c >= c0) & (c < c_end)
-                if BIG:
-                    cc = c.to(tl.int64)
-                else:
-                    cc = c
-                for p in tl.static_range(NPIX):
-                    r = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
-                    Rp = _put(R[p], j, r)
-                    pw_b, pw_b1 = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, j, SIZE), BETA)
-                    t_j = tl.where(ok_j, gs[p] * Rp[(j - HI + SIZE) % SIZE] * pw_b1, 0.0)
-                    a_j = tl.where(ok_j, gs[p] * pw_b, 0.0)
-                    Tp = _put(T[p], j, t_j)
-                    Ap = _put(A[p], j, a_j)
-                    r_c = Rp[(j + 1) % SIZE]
-                    t_sum = _ring_sum(Tp, j, SIZE)
-                    dx = tl.where(r_c > 0, Ap[(j - LO + SIZE) % SIZE] - coef * r_c * t_sum, 0.0)
-                    tl.store(dx_img + cc * HW + offs[p], dx.to(dx_ptr.dtype.element_ty), mask=inb[p] & ok_c)
-                    R = _put(R, p, Rp)
-                    T = _put(T, p, Tp)
-                    A = _put(A, p, Ap)
+        # Groups of SIZE steps: groups 0 and 1 warm the rings up, the last ones may run past C or c_end;
+        # only those check channel bounds, groups [2, g1) are bound-free.
+        n_g = tl.cdiv(c_end - c0 + 2 * SIZE - 2, SIZE)
+        g1 = tl.minimum((C - c0 - 1) // SIZE, (c_end - c0 + SIZE - 2) // SIZE) + 1
+        g1 = tl.minimum(tl.maximum(g1, 2), n_g)
+        args = (c0, c_end, C, HW, OHW, x_img, dy_img, am_img, dx_img, offs, inb, w_offs, w_ok, alpha_n, k,
+                coef, zero)
+        if POOL:  # one build of the steps: a pooled walk's code is large (compile time)
+            for g in range(0, n_g):
+                R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH,
+                                     SW, PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, True)
+            return
+        R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, OH_LO,
+                             NWH, OW_LO, NWW, NPIX, BIG, True)
+        if n_g > 1:
+            R, T, A = _bwd_steps(R, T, A, c0 + 1, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, OH_LO, NWH,
+                                 OW_LO, NWW, NPIX, BIG, True)
+        for g in range(2, g1):
+            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW,
+                                 PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, False)
+        for g in range(tl.maximum(g1, 2), n_g):
+            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW,
+                                 PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, True)
 
     # ------------------------------------------------------ channels_last (and wide windows): tiles
     # A program owns a (BLOCK_C channels x BLOCK_HW pixels) tile and reads each channel's window from
@@ -351,7 +451,6 @@ if triton is not None:
 _TILE_FWD = Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4)
 _TILE_BWD = Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=8)
 WALK_MAX_SIZE = 16  # the walking kernels keep SIZE values per pixel and ring in registers
-_WALK_PIXELS = 512  # pixels per program of the walking kernels without pooling (4 per thread)
 _WALK_CHANNELS = 32  # about this many output channels per program
 
 
@@ -370,22 +469,60 @@ def needs_int64(*tensors) -> bool:
     return any(t[0].numel() >= 2**31 - 2**24 for t in tensors if t.dim() == 4 and t.shape[0] > 0)
 
 
-def _chunk(c: int, size: int, halo: int) -> int:
-    """Output channels per program: about _WALK_CHANNELS, and chunk + halo a multiple of size so the
-    walk (unrolled by size) wastes no step."""
-    q = -(-(min(c, _WALK_CHANNELS) + halo) // size)
+def _chunk(c: int, size: int, halo: int, target: int = _WALK_CHANNELS) -> int:
+    """Output channels per program: about target, and chunk + halo a multiple of size so the walk
+    (unrolled by size) wastes no step."""
+    q = -(-(min(c, target) + halo) // size)
     return max(1, q * size - halo)
 
 
+def _fwd_trips(c: int, chunk: int, size: int) -> tuple[float, float]:
+    """Mean trips per program of the forward walk's two runtime loops (bound-free groups [1, g1),
+    checked groups [g1, n_g)), computed as the kernel does."""
+    lo, loops = size // 2, []
+    for c0 in range(0, c, chunk):
+        c_end = min(c0 + chunk, c)
+        n_g = -(-(c_end - c0 + size - 1) // size)
+        g1 = min(_cdiv_trunc(c_end - c0 - 1, size), _cdiv_trunc(c - c0 + lo - size, size)) + 1
+        g1 = min(max(g1, 1), n_g)
+        loops.append((g1 - 1, n_g - g1))
+    return tuple(sum(v) / len(loops) for v in zip(*loops))
+
+
+def _bwd_trips(c: int, chunk: int, size: int) -> tuple[float, float]:
+    """As _fwd_trips for the backward walk: bound-free groups [2, g1), checked groups [g1, n_g)."""
+    loops = []
+    for c0 in range(0, c, chunk):
+        c_end = min(c0 + chunk, c)
+        n_g = -(-(c_end - c0 + 2 * size - 2) // size)
+        g1 = min(_cdiv_trunc(c - c0 - 1, size), _cdiv_trunc(c_end - c0 + size - 2, size)) + 1
+        g1 = min(max(g1, 2), n_g)
+        loops.append((max(g1 - 2, 0), max(n_g - max(g1, 2), 0)))
+    return tuple(sum(v) / len(loops) for v in zip(*loops))
+
+
 def _mean_groups(c: int, chunk: int, size: int, halo: int) -> float:
+    """Mean trips per program of a walk that runs all its groups in one loop (the pooled walks)."""
     counts = [-(-(min(chunk, c - c0) + halo) // size) for c0 in range(0, c, chunk)]
     return sum(counts) / len(counts)
 
 
-def _pool_tile(rows: int, cols: int) -> tuple[int, int]:
-    """(BR, BC): a power-of-two tile of 128 threads over a (rows, cols) grid of patches or blocks."""
-    bc = min(triton.next_power_of_2(cols), 32)
-    return max(1, 128 // bc), bc
+def _cdiv_trunc(a: int, b: int) -> int:
+    """a // b rounded toward zero, as Triton divides signed integers."""
+    return int(a / b) if a < 0 else a // b
+
+
+def _flat_block(cells: int) -> int:
+    """Threads per program of the pooled walks (one patch or pixel block each): the block of 32, 64 or
+    128 that wastes least of the plane's cells."""
+    return -min((triton.cdiv(cells, b) * b / cells, -b) for b in (128, 64, 32))[1]
+
+
+def _pixel_block(hw: int) -> tuple[int, int]:
+    """(pixels per program, warps): 4 pixels per thread, the block that wastes least of the plane."""
+    best = min((triton.cdiv(hw, b) * b / hw, -b) for b in (512, 256, 128))
+    b = -best[1]
+    return b, b // 128
 
 
 def walk_forward_fits(size: int, pool=None) -> int:
@@ -429,47 +566,51 @@ def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
     chunk = _chunk(c, size, size - 1)
     n_cb = triton.cdiv(c, chunk)
     if pool is None:
-        br, bc, n_t, n_tc, tow = 1, _WALK_PIXELS, triton.cdiv(h * w, _WALK_PIXELS), 1, 1
+        bc, warps = _pixel_block(h * w)
+        br, n_t, n_tc, tow = 1, triton.cdiv(h * w, bc), 1, 1
         consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0)
         oh, ow = h, w
     else:
         tow = walk_forward_fits(size, pool)
         oh, ow = y.shape[2:]
-        n_pr, n_pc = oh, triton.cdiv(ow, tow)
-        br, bc = _pool_tile(n_pr, n_pc)
-        n_tc = triton.cdiv(n_pc, bc)
-        n_t = triton.cdiv(n_pr, br) * n_tc
+        n_pr, n_tc = oh, triton.cdiv(ow, tow)  # the plane's grid of patches
+        br, bc = 1, _flat_block(n_pr * n_tc)
+        n_t = triton.cdiv(n_pr * n_tc, br * bc)
         consts = _pool_constexprs(pool)
+        warps = bc // 32
     cfg = Config(dict(SIZE=size, BETA=float(beta), POOL=pool is not None, TOH=1, TOW=tow, BR=br, BC=bc,
-                      CHUNK=chunk, BIG=needs_int64(x, y), **consts), num_warps=4)
+                      CHUNK=chunk, BIG=needs_int64(x, y), **consts), num_warps=warps)
     launch("relu_lrn_fwd" if pool is None else "relu_lrn_max_pool2d_fwd", _lrn_fwd_walk_kernel,
            (n_cb * n_t * n,), (x, y, y if am is None else am, c, h, w, oh, ow, n_cb, n_t, n_tc,
-                               alpha / size, k), cfg, x.device, (_mean_groups(c, chunk, size, size - 1),))
+                               alpha / size, k), cfg, x.device,
+           _fwd_trips(c, chunk, size) if pool is None else (_mean_groups(c, chunk, size, size - 1),))
 
 
 def launch_walk_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
     """relu_lrn (pool None) or relu_lrn_max_pool2d backward, NCHW; with pool, dy and am are pooled."""
     n, c, h, w = x.shape
-    chunk = _chunk(c, size, 2 * size - 2)
+    chunk = _chunk(c, size, 2 * size - 2, 2 * _WALK_CHANNELS)
     n_cb = triton.cdiv(c, chunk)
     if pool is None:
-        br, bc, n_t, n_tc = 1, _WALK_PIXELS, triton.cdiv(h * w, _WALK_PIXELS), 1
+        bc, warps = _pixel_block(h * w)
+        br, n_t, n_tc = 1, triton.cdiv(h * w, bc), 1
         consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0, OH_LO=0, NWH=1, OW_LO=0, NWW=1)
         oh, ow = h, w
     else:
         (kh, kw), (sh, sw), (ph, pw) = pool
         oh, ow = dy.shape[2:]
-        n_br, n_bc = triton.cdiv(h, sh), triton.cdiv(w, sw)
-        br, bc = _pool_tile(n_br, n_bc)
-        n_tc = triton.cdiv(n_bc, bc)
-        n_t = triton.cdiv(n_br, br) * n_tc
+        n_br, n_tc = triton.cdiv(h, sh), triton.cdiv(w, sw)  # the plane's grid of pixel blocks
+        br, bc = 1, _flat_block(n_br * n_tc)
+        n_t = triton.cdiv(n_br * n_tc, br * bc)
         (oh_lo, nwh), (ow_lo, nww) = _windows(kh, sh, ph), _windows(kw, sw, pw)
         consts = dict(**_pool_constexprs(pool), OH_LO=oh_lo, NWH=nwh, OW_LO=ow_lo, NWW=nww)
+        warps = bc // 32
     cfg = Config(dict(SIZE=size, BETA=float(beta), POOL=pool is not None, BR=br, BC=bc, CHUNK=chunk,
-                      BIG=needs_int64(x, dy), **consts), num_warps=4)
+                      BIG=needs_int64(x, dy), **consts), num_warps=warps)
     launch("relu_lrn_bwd" if pool is None else "relu_lrn_max_pool2d_bwd", _lrn_bwd_walk_kernel,
            (n_cb * n_t * n,), (x, dy, dx if am is None else am, dx, c, h, w, oh, ow, n_cb, n_t, n_tc,
-                               alpha / size, k), cfg, x.device, (_mean_groups(c, chunk, size, 2 * size - 2),))
+                               alpha / size, k), cfg, x.device,
+           _bwd_trips(c, chunk, size) if pool is None else (_mean_groups(c, chunk, size, 2 * size - 2),))
 
 
 def _lrn_window(size: int) -> int:
