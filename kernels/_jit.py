@@ -102,14 +102,34 @@ def _relu_up(v):
 
 
 @triton.jit
+def _rsqrt(s):
+    """1 / sqrt(s). float32 on a GPU: one MUFU.RSQ (flush-to-zero approx; s >= k > 0 in LRN, never
+    subnormal in practice), without the subnormal fix-up code that the non-ftz form costs."""
+    if s.dtype == tl.float32:
+        return tl.inline_asm_elementwise("rsqrt.approx.ftz.f32 $0, $1;", "=r,r", [s], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.math.rsqrt(s)
+
+
+@triton.jit
+def _sqrt(s):
+    if s.dtype == tl.float32:
+        return tl.inline_asm_elementwise("sqrt.approx.ftz.f32 $0, $1;", "=r,r", [s], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.sqrt(s)
+
+
+@triton.jit
 def _pow_neg(s, BETA: tl.constexpr):
     """s ** -BETA for s >= 0, with inf / NaN / 0 as IEEE pow gives them. AlexNet's 0.75 (and 0.5, 1)
     take an rsqrt form: 3 instructions instead of a log2 and an exp2."""
     if BETA == 0.75:
-        r = tl.math.rsqrt(s)
-        return r * tl.sqrt(r)
+        r = _rsqrt(s)
+        return r * _sqrt(r)
     elif BETA == 0.5:
-        return tl.math.rsqrt(s)
+        return _rsqrt(s)
     elif BETA == 1.0:
         return 1.0 / s
     elif BETA == 0.0:
@@ -150,26 +170,32 @@ def _put(t, j: tl.constexpr, v):
 
 @triton.jit
 def _pow_neg2(s, BETA: tl.constexpr):
-    """(s ** -BETA, s ** -(BETA + 1)) for s >= 0, as _pow_neg."""
+    """(s ** -BETA, s ** -1) for s >= 0, as _pow_neg: s ** -(BETA + 1) is their product."""
     if BETA == 0.75:
-        r = tl.math.rsqrt(s)
-        p = r * tl.sqrt(r)
-        return p, p * (r * r)
+        r = _rsqrt(s)
+        return r * _sqrt(r), r * r
     elif BETA == 0.5:
-        r = tl.math.rsqrt(s)
-        return r, r * (r * r)
+        r = _rsqrt(s)
+        return r, r * r
     elif BETA == 1.0:
         p = 1.0 / s
-        return p, p * p
+        return p, p
     else:
         lg = tl.log2(s)
-        return tl.exp2(-BETA * lg), tl.exp2((-BETA - 1.0) * lg)
-
+        return tl.exp2(-BETA * lg), tl.exp2(-lg)
 
 if INTERPRET:
     # Triton's interpreter re-patches triton.language on every call of a @triton.jit function (about
     # 0.3 ms); the walking kernels call these small helpers per pixel and per channel, so under the
     # interpreter they run as the plain Python functions they are (the same code, a hundred times faster).
+    # (The interpreter has no inline PTX: there 1/sqrt and sqrt are numpy's, exact where the GPU's
+    # approximations are within 2 ulps.)
+    def _rsqrt(s):
+        return tl.math.rsqrt(s)
+
+    def _sqrt(s):
+        return tl.sqrt(s)
+
     _upcast = _upcast.fn
     _relu = _relu.fn
     _relu_up = _relu_up.fn

@@ -134,10 +134,10 @@ if triton is not None:
                 cp = c + (d - hi)
                 m = valid & (cp >= 0) & (cp < C)
                 sumsq, r_cp = _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo)
-                p_b, p_b1 = _pow_neg2(k + alpha_n * sumsq, BETA)
+                p_b, s_inv = _pow_neg2(k + alpha_n * sumsq, BETA)
                 g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, OH, OW, o_c, o_h, o_w,
                                          KH, KW, SH, SW, PH, PW, NH, NW)
-                t_sum += tl.where(m, g_cp * r_cp * p_b1, 0.0)
+                t_sum += tl.where(m, (g_cp * p_b) * (r_cp * s_inv), 0.0)
                 a_self = tl.where(d == hi, g_cp * p_b, a_self)
             x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
             dr = a_self - (2.0 * alpha_n * BETA) * _relu(x) * t_sum

@@ -158,7 +158,9 @@ if triton is not None:
             NPIX: tl.constexpr = U * V
         else:
             y_img = y_ptr + n.to(tl.int64) * C * HW
-            hw = t * (BR * BC) + tl.arange(0, BR * BC)
+            # contiguity 1: AlexNet's odd planes defeat vector access anyway, and one layout for every load
+            # and store keeps Triton from converting between layouts through shared memory
+            hw = tl.max_contiguous(t * (BR * BC) + tl.arange(0, BR * BC), 1)
             offs = (hw,)
             inb = (hw < HW,)
             NPIX: tl.constexpr = 1
@@ -269,9 +271,9 @@ if triton is not None:
             for p in tl.static_range(NPIX):
                 r = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
                 Rp = _shift(R[p], r)
-                pw_b, pw_b1 = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, SIZE), BETA)
-                t_j = gs[p] * Rp[LO] * pw_b1
+                pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, SIZE), BETA)
                 a_j = gs[p] * pw_b
+                t_j = a_j * (Rp[LO] * s_inv)  # g r s^-(beta+1)
                 if MASKED:  # channels outside [0, C) have no t or a (not even NaN from s = 0)
                     t_j = tl.where(ok_j, t_j, 0.0)
                     a_j = tl.where(ok_j, a_j, 0.0)
@@ -338,7 +340,9 @@ if triton is not None:
                     w_ok = w_ok + ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW),)
         else:
             dy_img = dy_ptr + n.to(tl.int64) * C * HW
-            hw = t * (BR * BC) + tl.arange(0, BR * BC)
+            # contiguity 1: AlexNet's odd planes defeat vector access anyway, and one layout for every load
+            # and store keeps Triton from converting between layouts through shared memory
+            hw = tl.max_contiguous(t * (BR * BC) + tl.arange(0, BR * BC), 1)
             offs = (hw,)
             inb = (hw < HW,)
             NPIX: tl.constexpr = 1
@@ -433,10 +437,10 @@ if triton is not None:
             cp = c + (d - hi)
             m = valid & (cp >= 0) & (cp < C)
             sumsq, r_cp = _window_sumsq(x_ptr, base, sp_off, cp, C, m, s_c, size, lo)
-            p_b, p_b1 = _pow_neg2(k + alpha_n * sumsq, BETA)
+            p_b, s_inv = _pow_neg2(k + alpha_n * sumsq, BETA)
             offs_cp = base + cp.to(tl.int64) * s_c + sp_off
             dy_cp = _upcast(tl.load(dy_ptr + offs_cp, mask=m, other=0.0))
-            t_sum += tl.where(m, dy_cp * r_cp * p_b1, 0.0)
+            t_sum += tl.where(m, (dy_cp * p_b) * (r_cp * s_inv), 0.0)
             a_self = tl.where(d == hi, dy_cp * p_b, a_self)
 
         offs = base + c.to(tl.int64) * s_c + sp_off
