@@ -32,14 +32,12 @@ if triton is not None:
         _pow_neg,
         _pow_neg2,
         _put,
-        _relu,
         _relu_up,
         _ring_sum,
         _ring_sumsq,
         _shift,
         _tile_ids,
         _upcast,
-        _window_sumsq,
     )
 
     # ----------------------------------------------------------------- NCHW: walking the channels
@@ -392,25 +390,39 @@ if triton is not None:
         y_ptr,  # *T (N, C, H, W) output, same layout as x
         C, HW,  # channels, H * W
         s_n, s_c, s_hw,  # strides in elements (from the shape and layout: (C*HW, HW, 1) or (C*HW, 1, C))
-        size, lo,  # window size, channels before c in the window (size // 2)
         alpha_n, k,  # alpha / size, additive constant
-        BETA: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, BIG: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
+        LO: tl.constexpr = SIZE // 2
         pid_c, pid_hw, n = _tile_ids(C, BLOCK_C, HW, BLOCK_HW)
         c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]  # (BLOCK_C, 1)
         hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]  # (1, BLOCK_HW)
-        base = n.to(tl.int64) * s_n
-        sp_off = hw.to(tl.int64) * s_hw
         valid = (c < C) & (hw < HW)
+        if BIG:
+            c = c.to(tl.int64)
+            hw = hw.to(tl.int64)
+        x_img = x_ptr + n.to(tl.int64) * s_n
+        y_img = y_ptr + n.to(tl.int64) * s_n
+        sp = hw * s_hw
+        zero = _acc_zeros(valid, x_ptr)
+        s = zero
+        r_c = zero
+        for d in tl.static_range(SIZE):  # channels c - LO .. c + HI, oldest first as in the walks
+            cc = c + (d - LO)
+            v = _relu_up(tl.load(x_img + cc * s_c + sp, mask=valid & (cc >= 0) & (cc < C), other=0.0))
+            if d == 0:
+                s = v * v
+            else:
+                s += v * v
+            if d == LO:
+                r_c = v
+        y = r_c * _pow_neg(k + alpha_n * s, BETA)
+        tl.store(y_img + c * s_c + sp, y.to(y_ptr.dtype.element_ty), mask=valid)
 
-        sumsq, r = _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo)
-        offs = base + c.to(tl.int64) * s_c + sp_off
-        y = r * _pow_neg(k + alpha_n * sumsq, BETA)
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
-
-    # Backward (Caffe's lrn_layer derivation, with relu in front): see _lrn_bwd_walk_kernel.
-    # Each s_c' is recomputed from x.
+    # Backward (see _lrn_bwd_walk_kernel for the derivation). The 2 * SIZE - 1 channels around c are
+    # read once; the SIZE windows of the c' with c in win(c') are summed from them in registers, in the
+    # walks' order, so a channels_last tile gives the values of an NCHW walk.
     @triton.jit
     def _relu_lrn_bwd_kernel(
         x_ptr,  # *T (N, C, H, W) the forward's input
@@ -418,36 +430,50 @@ if triton is not None:
         dx_ptr,  # *T (N, C, H, W) gradient of the input, same layout as x
         C, HW,  # channels, H * W
         s_n, s_c, s_hw,  # strides of x, dy, dx in elements
-        size, lo,  # window size, channels before c in the window
         alpha_n, k,  # alpha / size, additive constant
-        BETA: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, BIG: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
         pid_c, pid_hw, n = _tile_ids(C, BLOCK_C, HW, BLOCK_HW)
         c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
         hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW))[None, :]
-        base = n.to(tl.int64) * s_n
-        sp_off = hw.to(tl.int64) * s_hw
         valid = (c < C) & (hw < HW)
-        hi = size - 1 - lo
-
-        t_sum = _acc_zeros(valid, x_ptr)
-        a_self = t_sum
-        for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
-            cp = c + (d - hi)
+        if BIG:
+            c = c.to(tl.int64)
+            hw = hw.to(tl.int64)
+        x_img = x_ptr + n.to(tl.int64) * s_n
+        dy_img = dy_ptr + n.to(tl.int64) * s_n
+        dx_img = dx_ptr + n.to(tl.int64) * s_n
+        sp = hw * s_hw
+        zero = _acc_zeros(valid, x_ptr)
+        rs = ()  # relu(x) at channels c - (SIZE - 1) .. c + SIZE - 1
+        for e in tl.static_range(2 * SIZE - 1):
+            cc = c + (e - (SIZE - 1))
+            m = valid & (cc >= 0) & (cc < C)
+            rs = rs + (_relu_up(tl.load(x_img + cc * s_c + sp, mask=m, other=0.0)),)
+        t_sum = zero
+        a_c = zero
+        for d in tl.static_range(SIZE):  # c' = c + d - HI over [c - HI, c + LO]; its window is rs[d:d+SIZE]
+            cp = c + (d - HI)
             m = valid & (cp >= 0) & (cp < C)
-            sumsq, r_cp = _window_sumsq(x_ptr, base, sp_off, cp, C, m, s_c, size, lo)
-            p_b, s_inv = _pow_neg2(k + alpha_n * sumsq, BETA)
-            offs_cp = base + cp.to(tl.int64) * s_c + sp_off
-            dy_cp = _upcast(tl.load(dy_ptr + offs_cp, mask=m, other=0.0))
-            t_sum += tl.where(m, (dy_cp * p_b) * (r_cp * s_inv), 0.0)
-            a_self = tl.where(d == hi, dy_cp * p_b, a_self)
-
-        offs = base + c.to(tl.int64) * s_c + sp_off
-        x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
-        r = _relu(x)
-        dx = tl.where(x > 0, a_self - (2.0 * alpha_n * BETA) * r * t_sum, 0.0)
-        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
+            s = rs[d] * rs[d]
+            for e in tl.static_range(1, SIZE):
+                s += rs[d + e] * rs[d + e]
+            p_b, s_inv = _pow_neg2(k + alpha_n * s, BETA)
+            a = _upcast(tl.load(dy_img + cp * s_c + sp, mask=m, other=0.0)) * p_b
+            t = tl.where(m, a * (rs[d + LO] * s_inv), 0.0)
+            if d == 0:
+                t_sum = t
+            else:
+                t_sum += t
+            if d == HI:
+                a_c = a
+        r_c = rs[SIZE - 1]
+        coef = (zero + alpha_n) * (2.0 * BETA)  # in the compute dtype (float64 for float64)
+        dx = tl.where(r_c > 0, a_c - coef * r_c * t_sum, 0.0)
+        tl.store(dx_img + c * s_c + sp, dx.to(dx_ptr.dtype.element_ty), mask=valid)
 
 # ------------------------------------------------------------------------------------ launchers
 
@@ -626,9 +652,8 @@ def _launch_tile(kernel, name, tensors, x, fmt, size, alpha, beta, k) -> None:
     cfg = _TILE_FWD if kernel is _relu_lrn_fwd_kernel else _TILE_BWD
     s_n, s_c, _, s_w = strides(x.shape, fmt)
     grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
-    trips = (size,) if kernel is _relu_lrn_fwd_kernel else (size, size)
-    launch(name, kernel, grid, (*tensors, c, h * w, s_n, s_c, s_w, size, _lrn_window(size), alpha / size, k),
-           cfg, x.device, trips, BETA=float(beta))
+    launch(name, kernel, grid, (*tensors, c, h * w, s_n, s_c, s_w, alpha / size, k), cfg, x.device, (),
+           SIZE=size, BETA=float(beta), BIG=needs_int64(x))
 
 
 def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
