@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import kernels
 
 # ops="fused": the Triton kernels; ops="eager": their shared eager reference (F.relu, F.local_response_norm,
-# F.max_pool2d, F.dropout). Both modules offer relu_lrn_max_pool2d, max_pool2d and relu_dropout.
+# F.max_pool2d, F.dropout). The model uses relu_lrn_max_pool2d, relu_max_pool2d and relu_dropout of either.
 OPS = {"fused": kernels, "eager": kernels.reference}
 
 PAPER_PARAMETERS = 60_965_224  # at the default config
@@ -161,7 +161,8 @@ class AlexNet(nn.Module):
         x = self._relu_lrn_pool(self.conv2(x))  # (N, 256, 27, 27) -> (N, 256, 13, 13), own tower only
         x = F.relu(self.conv3(self.join_towers(x)))  # (N, 384, 13, 13), both towers
         x = F.relu(self.conv4(x))  # (N, 384, 13, 13), own tower only
-        x = OPS[self.ops].max_pool2d(F.relu(self.conv5(x)), 3, 2, 0)  # (N, 256, 13, 13) -> (N, 256, 6, 6)
+        # ReLU and pool in one op: it saves one byte per pooled output, not conv5's ReLU output
+        x = OPS[self.ops].relu_max_pool2d(self.conv5(x), 3, 2, 0)  # (N, 256, 13, 13) -> (N, 256, 6, 6)
         x = self.join_towers(x).flatten(1)  # (N, 9216), the channel-major order of the one-device model
         x = self._relu_dropout(self.fc6(x))  # (N, 4096)
         x = self._relu_dropout(self.fc7(self.join_towers(x)))  # (N, 4096)

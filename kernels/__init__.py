@@ -7,6 +7,7 @@ without a GPU); ``triton_disabled()`` switches CPU tensors back to the plain-PyT
 
     relu_lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0)
     max_pool2d(x, kernel_size=3, stride=2, padding=0)
+    relu_max_pool2d(x, kernel_size=3, stride=2, padding=0)
     relu_lrn_max_pool2d(x, size=5, alpha=1e-4, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0)
     dropout(x, p=0.5, training=True, seed=None)
     relu_dropout(x, p=0.5, training=True, seed=None)
@@ -17,11 +18,12 @@ from ._common import HAS_TRITON, INTERPRET, triton_disabled, use_triton
 from .block import relu_lrn_max_pool2d
 from .dropout import dropout, relu_dropout
 from .lrn import relu_lrn
-from .pool import max_pool2d
+from .pool import max_pool2d, relu_max_pool2d
 
 __all__ = [
     "relu_lrn",
     "max_pool2d",
+    "relu_max_pool2d",
     "relu_lrn_max_pool2d",
     "dropout",
     "relu_dropout",

@@ -1,6 +1,11 @@
 """Host-side plumbing shared by the pooling ops (``max_pool2d``, ``relu_max_pool2d``,
 ``relu_lrn_max_pool2d``): output allocation, the one-byte argmax's layout and its conversion to and from
-PyTorch's flat indices (the CPU path), and the CPU backward."""
+PyTorch's flat indices (the CPU path), and the CPU backward.
+
+The argmax is the window-local position kh * KW + kw of the maximum: uint8 while every position fits a
+byte, int32 past that. ``relu_max_pool2d`` also needs a value that names no position (a window whose
+maximum is not positive: ReLU's backward sends it nothing): 255 in uint8, -1 in int32; so its byte
+holds windows of at most 255 elements."""
 
 from __future__ import annotations
 
@@ -10,8 +15,14 @@ import torch.nn.functional as F
 from ._common import memory_format, pool_out_size
 
 
-def argmax_dtype(kernel) -> torch.dtype:
-    return torch.uint8 if kernel[0] * kernel[1] <= 256 else torch.int32
+def argmax_dtype(kernel, relu: bool = False) -> torch.dtype:
+    """uint8 for windows of up to 256 positions (255 with ``relu``, which keeps 255 as its sentinel)."""
+    return torch.uint8 if kernel[0] * kernel[1] <= (255 if relu else 256) else torch.int32
+
+
+def argmax_sentinel(dtype: torch.dtype) -> int:
+    """The argmax value that names no window position (relu_max_pool2d: no gradient for this window)."""
+    return 255 if dtype == torch.uint8 else -1
 
 
 def _window_origins(oh: int, ow: int, stride, padding, device):
@@ -45,13 +56,13 @@ def _flat_to_local(flat, w, kernel, stride, padding):
     return (torch.div(flat, w, rounding_mode="floor") - rows) * kernel[1] + (flat % w - cols)
 
 
-def pooled_outputs(x, kernel, stride, padding):
+def pooled_outputs(x, kernel, stride, padding, relu: bool = False):
     """Empty (pooled output, argmax) in x's memory format: the real op's and the fake one's."""
     fmt = memory_format(x)
     n, c, h, w = x.shape
     oh, ow = pool_out_size(h, w, kernel, stride, padding)
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
-    am = torch.empty((n, c, oh, ow), dtype=argmax_dtype(kernel), device=x.device, memory_format=fmt)
+    am = torch.empty((n, c, oh, ow), dtype=argmax_dtype(kernel, relu), device=x.device, memory_format=fmt)
     return y, am
 
 

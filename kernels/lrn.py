@@ -555,15 +555,17 @@ def _pixel_block(hw: int) -> tuple[int, int]:
     return b, b // 128
 
 
-def walk_forward_fits(size: int, pool=None) -> int:
-    """Pooled outputs per thread along W for the walking forward (2 or 1), or 0 if it doesn't fit."""
+def walk_forward_fits(size: int, pool=None, dtype=torch.float32) -> int:
+    """Pooled outputs per thread along W for the walking forward (2 or 1), or 0 if it doesn't fit: a
+    thread keeps SIZE values for each input pixel under its patch (at most 80 registers' worth)."""
     if size > WALK_MAX_SIZE:
         return 0
     if pool is None:
         return 1
     (kh, kw), (sh, sw), _ = pool
+    budget = 48 if dtype == torch.float64 else 80  # float64 values take two registers each
     for tow in (2, 1):
-        if kh * ((tow - 1) * sw + kw) * size <= 80:
+        if kh * ((tow - 1) * sw + kw) * size <= budget:
             return tow
     return 0
 
@@ -601,7 +603,7 @@ def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
         consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0)
         oh, ow = h, w
     else:
-        tow = walk_forward_fits(size, pool)
+        tow = walk_forward_fits(size, pool, x.dtype)
         oh, ow = y.shape[2:]
         n_pr, n_tc = oh, triton.cdiv(ow, tow)  # the plane's grid of patches
         br, bc = 1, _flat_block(n_pr * n_tc)

@@ -20,6 +20,11 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0) -> torch.Ten
     return F.max_pool2d(x, kernel_size, stride, padding)
 
 
+def relu_max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
+    """ReLU then max-pool (AlexNet's conv5 -> pool): PyTorch's ReLU keeps NaN and -0.0."""
+    return F.max_pool2d(F.relu(x), kernel_size, stride, padding)
+
+
 def relu_lrn_max_pool2d(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
                         k: float = 2.0, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
     return F.max_pool2d(relu_lrn(x, size, alpha, beta, k), kernel_size, stride, padding)

@@ -20,6 +20,7 @@ from tests._utils import (
 SIGNATURES = {
     "relu_lrn": "(x, size=5, alpha=0.0001, beta=0.75, k=2.0)",
     "max_pool2d": "(x, kernel_size=3, stride=2, padding=0)",
+    "relu_max_pool2d": "(x, kernel_size=3, stride=2, padding=0)",
     "relu_lrn_max_pool2d": "(x, size=5, alpha=0.0001, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0)",
     # the issue's signature, plus a keyword-only extension (where x sits in a larger tensor's mask)
     "dropout": "(x, p=0.5, training=True, seed=None, *, position=None)",
@@ -44,6 +45,7 @@ def block(x, seed):
     """The paper's layer sequence at toy size, every op once."""
     y = kernels.relu_lrn_max_pool2d(x, 5, 1e-4, 0.75, 2.0, 3, 2, 0)  # (2, 8, 4, 4)
     z = kernels.max_pool2d(kernels.relu_lrn(y, 3, 0.1, 0.75, 2.0), 2, 1, 1)  # (2, 8, 5, 5)
+    z = kernels.relu_max_pool2d(z - 0.5, 1, 1, 0)  # (2, 8, 5, 5)
     h = kernels.relu_dropout(z.flatten(1) * 2.0 - 0.1, 0.5, True, seed)
     return kernels.dropout(h, 0.3, True, seed + 1)
 

@@ -234,3 +234,123 @@ def test_max_pool2d_rejects_what_f_max_pool2d_rejects(path, kernel, stride, padd
         reference.max_pool2d(x, kernel, stride, padding)
     with on_path(path), pytest.raises(ERRORS, match="max_pool2d"):
         kernels.max_pool2d(x, kernel, stride, padding)
+
+
+# ------------------------------------------------------------------------ kernel paths and offsets
+
+
+def _paths_case(shape, fmt, kernel, stride, padding, dtype=torch.float32, kind="ties", seed=0):
+    x = to_memory_format(make_values(shape, kind, seed, dtype), fmt)
+    return check_max_pool2d("triton", x, kernel, stride, padding, seed=seed)
+
+
+# (shape, kernel, stride, padding): AlexNet's 3x3/2 on odd and even sizes (the separable forward with its
+# carried row; the block backward with two blocks per NCHW lane and the trailing block rows), 2x2/2
+# (no overlap), kernel < stride (inputs in no window), 3x3/1 (three windows per axis: the general
+# gather), padding, and a 6x6 window (37+ elements: the forward's runtime window loops).
+PATH_CASES = [
+    ((2, 3, 13, 13), 3, 2, 0),
+    ((1, 2, 12, 14), 3, 2, 0),
+    ((1, 3, 9, 10), 2, 2, 0),
+    ((1, 2, 11, 10), 2, 3, 1),
+    ((1, 2, 10, 9), 3, 1, 1),
+    ((1, 2, 11, 12), 3, 2, 1),
+    ((1, 2, 13, 14), (6, 7), (2, 3), (3, 2)),
+]
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape,kernel,stride,padding", PATH_CASES)
+def test_max_pool2d_kernel_paths(shape, kernel, stride, padding, fmt):
+    _paths_case(shape, fmt, kernel, stride, padding, kind="special", seed=7)
+
+
+@pytest.mark.parametrize("flag", ["_FORCE_I64", "_FORCE_BIG"])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape,kernel,stride,padding", [PATH_CASES[0], PATH_CASES[4], PATH_CASES[6]])
+def test_max_pool2d_int64_offsets(monkeypatch, flag, fmt, shape, kernel, stride, padding):
+    """The int64 code paths (plane offsets, then every offset), taken for tensors / images of 2^31
+    elements, run here on small tensors."""
+    from kernels import pool
+
+    monkeypatch.setattr(pool, flag, True)
+    _paths_case(shape, fmt, kernel, stride, padding, kind="special", seed=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_pool2d_channels_last_channel_tiles(dtype):
+    """channels_last with C = 96 (tiles of 32 channels that divide C: vector loads, no channel masks) and
+    C = 20 (a tile wider than C: masked channels), AlexNet's 3x3/2."""
+    for c in (96, 20):
+        _paths_case((1, c, 7, 9), "channels_last", 3, 2, 0, dtype=dtype, kind="special", seed=c)
+
+
+def test_max_pool2d_size1_dims_with_odd_strides():
+    """A size-1 dimension's stride is arbitrary in a "contiguous" tensor: the kernels derive strides from
+    the shape and layout, never from x.stride()."""
+    x = make_values((1, 4, 1, 6), "normal", 9).transpose(2, 3)  # (1, 4, 6, 1), contiguous, stride(3) == 6
+    assert x.is_contiguous() and x.stride(3) != 1
+    check_max_pool2d("triton", x, (3, 1), (2, 1), 0, seed=9)
+    check_max_pool2d("triton", x, (2, 1), None, (1, 0), seed=9)
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_max_pool2d_saved_argmax_is_the_same_on_both_paths(fmt):
+    """The Triton path's argmax bytes equal the CPU path's (PyTorch's indices in window coordinates), and
+    a backward on either path reads the other's."""
+    op = custom_op("max_pool2d")
+    x = to_memory_format(make_values((2, 5, 9, 8), "ties", 10, torch.float32), fmt)
+    configs = [([3, 3], [2, 2], [0, 0]), ([3, 3], [2, 2], [1, 1]), ([2, 3], [1, 2], [1, 0])]
+    for kernel, stride, padding in configs:
+        y_t, am_t = op(x, kernel, stride, padding)
+        with on_path("torch"):
+            y_c, am_c = op(x, kernel, stride, padding)
+        assert torch.equal(y_t, y_c) and am_t.dtype == am_c.dtype == torch.uint8
+        assert torch.equal(am_t, am_c), f"argmax bytes differ for {kernel} {stride} {padding}"
+        g = make_grad(y_t.shape, 10, torch.float32)
+        bwd = torch.ops.alexnet_triton.max_pool2d_backward.default
+        dx_t = bwd(g, am_c, list(x.shape[2:]), kernel, stride, padding)
+        with on_path("torch"):
+            dx_c = bwd(g, am_t, list(x.shape[2:]), kernel, stride, padding)
+        assert_close_verbose(dx_t, dx_c, EXACT, name=f"backward across paths {kernel} {stride} {padding}")
+
+
+def test_magic_division_matches_floor_division():
+    """The multiply-high division that decodes lanes (kernels/pool.py ``_magic``): exact for every
+    divisor and every quotient below 2^31 (Granlund and Montgomery's theorem 4.2), checked at the edges."""
+    import random
+
+    from kernels.pool import _magic
+
+    rng = random.Random(0)
+    divisors = [*range(1, 600), *(rng.randrange(1, 2**31) for _ in range(300)), 2**30, 2**30 + 1, 2**31 - 1]
+    for d in divisors:
+        m, s = _magic(d)
+        assert 2 <= m < 2**32
+        edges = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2**31 - 1, 2**31 - 2}
+        for q in edges | {rng.randrange(2**31) for _ in range(40)}:
+            if 0 <= q < 2**31:
+                assert ((2 * q * m) >> 32) >> s == q // d, (q, d)
+
+
+def test_relu_max_pool2d_backward_follows_pytorch_relu_rule():
+    """relu's backward is ``threshold_backward(grad, relu(x), 0)``: the gradient passes where relu(x) > 0
+    and where it is NaN, never at +-0. The saved byte marks windows whose maximum is not positive (255),
+    so that no gradient reaches them; NaN windows keep their argmax."""
+    nan = float("nan")
+    x = torch.tensor([[-1.0, -0.0, 0.0, 2.0],
+                      [nan, -3.0, 0.0, -0.0]]).reshape(2, 1, 1, 4)
+    for path in PATHS:
+        xk = x.clone().requires_grad_()
+        with on_path(path):
+            out = kernels.relu_max_pool2d(xk, (1, 2), (1, 2), 0)
+            (grad,) = torch.autograd.grad(out, xk, torch.ones_like(out))
+        xr = x.clone().requires_grad_()
+        ref = torch.nn.functional.max_pool2d(torch.relu(xr), (1, 2), (1, 2))
+        (ref_grad,) = torch.autograd.grad(ref, xr, torch.ones_like(ref))
+        assert torch.equal(bits(out), bits(ref)), path
+        assert torch.equal(grad, ref_grad), f"{path}: {grad.flatten()} != {ref_grad.flatten()}"
+        assert grad.flatten().tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        with on_path(path):
+            _, am = custom_op("relu_max_pool2d")(x, [1, 2], [1, 2], [0, 0])
+        assert am.flatten().tolist() == [255, 1, 0, 255]
