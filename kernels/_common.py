@@ -148,21 +148,13 @@ def dense(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Config:
-    """One launch configuration a launcher can choose. The compile test builds every one of them."""
+    """One launch configuration: constexprs and num_warps."""
 
     constexprs: dict
     num_warps: int = 4
 
     def __hash__(self):
         return hash((tuple(sorted(self.constexprs.items())), self.num_warps))
-
-
-# kernel name -> (the @triton.jit function, its configs, a signature builder for the compile test)
-KERNELS: dict[str, tuple] = {}
-
-
-def register_kernel(name: str, fn, configs: Sequence[Config], signature) -> None:
-    KERNELS[name] = (fn, tuple(configs), signature)
 
 
 # ------------------------------------------------------------------------------------- launching

@@ -3,8 +3,10 @@
     r = relu(x);  s_c = k + (alpha / size) * sum_{c' in win(c)} r_c'^2;  y_c = r_c * s_c^-beta
     win(c) = [c - size // 2, c + (size - 1) // 2]   (PyTorch's padding, also for even sizes)
 
-Forward reads x once from DRAM (the window's other channels come from cache) and writes y.
-Backward saves nothing but x: it recomputes s from x and reads x and dy, writes dx.
+Forward reads x once and writes y. Backward saves nothing but x: it recomputes s from x, reads x and dy,
+writes dx. NCHW inputs walk the channels (the window lives in registers); channels_last inputs use tiles
+that read the window's channels at neighbouring addresses. The walking kernels also serve the fused
+block (``kernels/block.py``, POOL=True).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ if triton is not None:
 
     # ----------------------------------------------------------------- NCHW: walking the channels
     # A program owns a block of pixels of one image and a chunk of CHUNK output channels, and walks
-    # the channels in order, loading each x once. Per pixel it keeps a ring of the last SIZE relu'd
-    # values in registers (_jit.py: the walk is unrolled by SIZE, so every ring slot is a constant).
+    # the channels in order, loading each x once. Per pixel it keeps the last SIZE relu'd values in
+    # registers (_jit.py: a shift register; the walk is unrolled by SIZE, so shifting costs nothing).
     # At load i (channel i), the window of channel c = i - HI is complete: y_c is computed and, with
     # POOL, pooled at once. With POOL a thread owns a patch of TOH x TOW pooled outputs and the
     # ((TOH-1)*SH+KH) x ((TOW-1)*SW+KW) input pixels under them, so each LRN value is computed once
