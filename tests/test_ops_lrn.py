@@ -169,3 +169,23 @@ def test_relu_lrn_rejects_size_below_one(path, size):
     x = torch.ones(1, 4, 3, 3)
     with on_path(path), pytest.raises((TypeError, ValueError, RuntimeError), match="relu_lrn"):
         kernels.relu_lrn(x, size)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter only: compiled kernels may contract "
+                    "multiply-adds differently")
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.3), (3, 1.0)])
+def test_relu_lrn_nchw_walk_and_channels_last_tile_agree_bit_for_bit(size, beta):
+    # The walking kernels (NCHW) and the tile kernels (channels_last) sum the window's squares and the
+    # backward's t in the same channel order with the same expressions, so their results are equal bit
+    # for bit; the fused block relies on that order too (its argmax at a tie).
+    x = torch.randn(2, 11, 5, 7, generator=torch.Generator().manual_seed(size)) * 3.0
+    g = torch.randn(2, 11, 5, 7, generator=torch.Generator().manual_seed(size + 1))
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt).requires_grad_()
+        y = kernels.relu_lrn(xf, size, 0.5, beta, 1.0)
+        (dx,) = torch.autograd.grad(y, xf, g.contiguous(memory_format=fmt))
+        results.append((y.detach().contiguous(), dx.contiguous()))
+    (y_nchw, dx_nchw), (y_cl, dx_cl) = results
+    assert torch.equal(y_nchw, y_cl), (y_nchw - y_cl).abs().max()
+    assert torch.equal(dx_nchw, dx_cl), (dx_nchw - dx_cl).abs().max()
