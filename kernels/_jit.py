@@ -28,10 +28,15 @@ def _tile_ids(C, BLOCK_C: tl.constexpr, P, BLOCK_P: tl.constexpr):
     """(channel block, pixel block, image) of this program in a 1-D grid, channel blocks varying
     fastest so that neighbours share the LRN window's halo in L2. A 1-D grid has room for 2^31 - 1
     programs (the y and z axes stop at 65535)."""
+    return _grid_ids(tl.cdiv(C, BLOCK_C), tl.cdiv(P, BLOCK_P))
+
+
+@triton.jit
+def _grid_ids(n_c, n_p):
+    """(channel block, pixel block, image) of this program in a 1-D grid of n_c channel blocks (fastest)
+    times n_p pixel blocks times images."""
     pid = tl.program_id(0)
-    n_c = tl.cdiv(C, BLOCK_C)
     rest = pid // n_c
-    n_p = tl.cdiv(P, BLOCK_P)
     n = rest // n_p
     return pid - rest * n_c, rest - n * n_p, n
 

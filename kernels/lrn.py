@@ -31,6 +31,7 @@ from ._common import (
 if triton is not None:
     from ._jit import (
         _acc_zeros,
+        _grid_ids,
         _pow_neg,
         _pow_neg2,
         _put,
@@ -129,11 +130,7 @@ if triton is not None:
         CHUNK: tl.constexpr, BIG: tl.constexpr,  # output channels per program; int64 offsets
     ):
         LO: tl.constexpr = SIZE // 2
-        pid = tl.program_id(0)
-        cb = pid % n_cb
-        rest = pid // n_cb
-        t = rest % n_t
-        n = rest // n_t
+        cb, t, n = _grid_ids(n_cb, n_t)
         HW = H * W
         x_img = x_ptr + n.to(tl.int64) * C * HW
         if POOL:
@@ -305,11 +302,7 @@ if triton is not None:
         BR: tl.constexpr, BC: tl.constexpr,  # pixel blocks per program (POOL), or BR * BC pixels
         CHUNK: tl.constexpr, BIG: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        cb = pid % n_cb
-        rest = pid // n_cb
-        t = rest % n_t
-        n = rest // n_t
+        cb, t, n = _grid_ids(n_cb, n_t)
         HW = H * W
         x_img = x_ptr + n.to(tl.int64) * C * HW
         dx_img = dx_ptr + n.to(tl.int64) * C * HW
