@@ -98,6 +98,21 @@ if triton is not None:
             return v
 
     @triton.jit
+    def _channel_tile(C, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
+        """channels_last: (lane-block index, channels, channel mask) of this program, channel tiles
+        varying fastest."""
+        pid = tl.program_id(0)
+        n_ct = tl.cdiv(C, BLOCK_C)
+        pid_q = pid // n_ct
+        c = (pid - pid_q * n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)
+        if EVEN_C:  # C % BLOCK_C == 0: contiguous channels, vector loads
+            c_ok = c >= 0
+        else:  # channels past C read channel C - 1
+            c_ok = c < C
+            c = tl.minimum(c, C - 1)
+        return pid_q, c, c_ok
+
+    @triton.jit
     def _lanes(pid_q, Q, D, D_M, D_S, BLOCK_Q: tl.constexpr, BIG: tl.constexpr):
         """This program's lanes q (clamped to Q - 1 so that lanes past the end load in bounds), whether
         each is real, and (q // D, q % D), once per program. Below 2^31 lanes the quotient is
@@ -177,18 +192,10 @@ if triton is not None:
         BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
         EVEN_C: tl.constexpr,  # channels_last: C % BLOCK_C == 0
     ):
-        pid = tl.program_id(0)
         if CL:
-            n_ct = tl.cdiv(C, BLOCK_C)
-            pid_q = pid // n_ct
-            c = (pid - pid_q * n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)
-            if EVEN_C:  # C % BLOCK_C == 0: contiguous channels, vector loads
-                c_ok = c >= 0
-            else:  # channels past C read channel C - 1
-                c_ok = c < C
-                c = tl.minimum(c, C - 1)
+            pid_q, c, c_ok = _channel_tile(C, BLOCK_C, EVEN_C)
         else:
-            pid_q = pid
+            pid_q = tl.program_id(0)
         # lane = (plane, output column); plane = (n, c) in NCHW, n in channels_last
         lane_ok, plane, ow = _lanes(pid_q, Q, OW, D_M, D_S, BLOCK_Q, BIG)
         if CL:
@@ -461,18 +468,10 @@ if triton is not None:
         contain it."""
         NH: tl.constexpr = (KH + SH - 1) // SH
         NW: tl.constexpr = (KW + SW - 1) // SW
-        pid = tl.program_id(0)
         if CL:
-            n_ct = tl.cdiv(C, BLOCK_C)
-            pid_q = pid // n_ct
-            c = (pid - pid_q * n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)
-            if EVEN_C:  # C % BLOCK_C == 0: contiguous channels, vector loads
-                c_ok = c >= 0
-            else:  # channels past C read channel C - 1
-                c_ok = c < C
-                c = tl.minimum(c, C - 1)
+            pid_q, c, c_ok = _channel_tile(C, BLOCK_C, EVEN_C)
         else:
-            pid_q = pid
+            pid_q = tl.program_id(0)
         lane_ok, plane, iw = _lanes(pid_q, Q, W, D_M, D_S, BLOCK_Q, BIG)
         iw = iw[:, None]
         if CL:
