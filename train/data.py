@@ -18,6 +18,7 @@ from the training set), as most reimplementations do.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -244,6 +245,8 @@ class Preprocess:
     input_scale: float = 1.0    # multiplies (pixel - mean); 255 gives the paper's raw pixel scale
 
     def _square(self, img: Image.Image) -> Image.Image:
+        if img.size == (self.resize, self.resize):   # prepared data (train.prepare): nothing to do
+            return img
         img = TF.resize(img, self.resize)
         return TF.center_crop(img, [self.resize, self.resize])
 
@@ -251,14 +254,21 @@ class Preprocess:
         mean = torch.tensor(self.mean).view(3, 1, 1)
         return (x - mean) * self.input_scale
 
-    def train(self, img: Image.Image, g: torch.Generator) -> torch.Tensor:
-        img = self._square(img)
+    def train_params(self, g: torch.Generator) -> tuple[int, int, bool, torch.Tensor]:
+        """A sample's random draws, in order: (top, left, flip, the PCA colour shift (3,)). The GPU loader
+        (train/gpu_loader.py) draws them here too, so both loaders give the same batch."""
         top, left = torch.randint(0, self.resize - self.crop + 1, (2,), generator=g).tolist()
-        x = TF.to_tensor(TF.crop(img, top, left, self.crop, self.crop))
-        if torch.rand((), generator=g) < 0.5:
-            x = x.flip(-1)
+        flip = bool(torch.rand((), generator=g) < 0.5)
         alpha = torch.randn(3, generator=g) * self.pca_std
         rgb = torch.tensor(self.eigvec).T @ (alpha * torch.tensor(self.eigval))   # eigvec rows are vectors
+        return top, left, flip, rgb
+
+    def train(self, img: Image.Image, g: torch.Generator) -> torch.Tensor:
+        img = self._square(img)
+        top, left, flip, rgb = self.train_params(g)
+        x = TF.to_tensor(TF.crop(img, top, left, self.crop, self.crop))
+        if flip:
+            x = x.flip(-1)
         return self._finish(x + rgb.view(3, 1, 1))
 
     def centre(self, img: Image.Image, g: torch.Generator | None = None) -> torch.Tensor:
@@ -284,6 +294,23 @@ def image_statistics(samples: list[tuple[str, int]], resize: int, max_images: in
     order = eigval.argsort(descending=True)
     rows = tuple(map(tuple, eigvec[:, order].T.tolist()))      # eigenvectors as rows, largest first
     return tuple(mean.tolist()), tuple(eigval[order].tolist()), rows
+
+
+MANIFEST = "manifest.json"   # written by train.prepare into the folder it prepares
+
+
+def train_statistics(root: str, samples: list[tuple[str, int]], resize: int) -> tuple:
+    """``image_statistics``, read from ``root``'s train.prepare manifest when it was prepared at ``resize``
+    (the mean and PCA of every prepared training image); else computed from up to 500 training images."""
+    try:
+        with open(os.path.join(root, MANIFEST)) as f:
+            manifest = json.load(f)
+        if manifest["complete"] and manifest["settings"]["size"] == resize:
+            st = manifest["statistics"]
+            return tuple(st["mean"]), tuple(st["eigval"]), tuple(map(tuple, st["eigvec"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return image_statistics(samples, resize)
 
 
 def load_image(path: str) -> Image.Image:

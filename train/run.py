@@ -51,10 +51,10 @@ from train.data import (
     Preprocess,
     collate,
     default_cache_dir,
-    image_statistics,
     limit_samples,
     make_builtin_dataset,
     scan_image_folders,
+    train_statistics,
 )
 from train.engine import BadImage, DropOnPlateau, PaperSGD, StopFlag, all_sum, evaluate, train_one_epoch
 
@@ -245,7 +245,7 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
     # data: the paper's preprocessing, with the mean and PCA from ImageNet or from the training set
     mean, eigval, eigvec = IMAGENET_MEAN, IMAGENET_EIGVAL, IMAGENET_EIGVEC
     if cfg["mean"] == "train" or cfg["pca"] == "train":
-        t_mean, t_eigval, t_eigvec = image_statistics(train_samples, cfg["resize"])
+        t_mean, t_eigval, t_eigvec = train_statistics(cfg["data_root"], train_samples, cfg["resize"])
         mean = t_mean if cfg["mean"] == "train" else mean
         eigval, eigvec = (t_eigval, t_eigvec) if cfg["pca"] == "train" else (eigval, eigvec)
     pre = Preprocess(cfg["resize"], cfg["image_size"], tuple(mean), tuple(eigval), tuple(eigvec),
