@@ -11,10 +11,14 @@ without a GPU); ``triton_disabled()`` switches CPU tensors back to the plain-PyT
     relu_lrn_max_pool2d(x, size=5, alpha=1e-4, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0)
     dropout(x, p=0.5, training=True, seed=None)
     relu_dropout(x, p=0.5, training=True, seed=None)
+
+and one data kernel (no autograd): ``augment(images_uint8, params, shift, crop, input_scale, dtype)``, the
+training input's crop, flip, colour noise, mean, scale and cast in one pass (train/gpu_loader.py).
 """
 
 from . import reference
 from ._common import HAS_TRITON, INTERPRET, triton_disabled, use_triton
+from .augment import augment
 from .block import relu_lrn_max_pool2d
 from .dropout import dropout, relu_dropout
 from .lrn import relu_lrn
@@ -27,6 +31,7 @@ __all__ = [
     "relu_lrn_max_pool2d",
     "dropout",
     "relu_dropout",
+    "augment",
     "reference",
     "triton_disabled",
     "use_triton",
