@@ -12,12 +12,14 @@ per-sample seeds as the CPU transform (train/gpu_loader.py), so both loaders giv
 source is uint8, (N, 3, H, W) (``torchvision.io.decode_jpeg``'s layout) or (N, H, W, 3); the output is
 (M, 3, crop, crop) in float32, float16 or bfloat16, NCHW or channels_last.
 
-Cost (the budget is ~6 thread-instructions per byte moved, bench/README.md): a program owns BLOCK_R rows
-of one output image and all its columns (a 2-D tile: rows from the program id, contiguous columns from
-an arange), reads the image's crop corner, flip and colour shift once, and then per element and channel
-does one address (column * step + row offset, no division), one byte load, one convert, one FMA, one
-convert to the output type and one store: ~8 instructions for 1 + 4 bytes (float32) or 1 + 2 (bfloat16).
-Per-image offsets are int64 scalars, per-element ones int32.
+Cost (the budget is ~6 thread-instructions per minimal byte, bench/README.md): a program owns a
+BLOCK_R x BLOCK_C tile of one output image (rows from the program id, contiguous columns from an arange;
+the last tiles overlap their neighbours instead of masking), reads the image's crop corner, flip and colour
+shift once, computes the flip per column, and per element and channel does an address, a byte load, a
+convert, one FMA, a convert to the output type and a store. Per-image offsets are int64 scalars,
+per-element ones int32. Read from the sm_90a SASS (bench/sass_cost.py's machinery, batch 256, 256x256
+images, 227x227 crops; ``python bench/data_path.py --sass``): ~12 thread-instructions per element and
+channel, 2.6 per minimal byte into float32 (1 + 4 bytes), 4.8 into bfloat16 (1 + 2), no spills.
 """
 
 from __future__ import annotations
@@ -40,35 +42,42 @@ if triton is not None:
         shift_ptr,  # *f32 (M, 3): (colour shift - mean) * input_scale, per output image and channel
         gain,  # input_scale / 255
         H, W,  # source height and width
-        CROP,  # output height and width
-        row_blocks,  # programs per output image: cdiv(CROP, BLOCK_R)
+        CROP,  # output height and width (>= BLOCK_R and >= BLOCK_C)
+        row_blocks, col_blocks,  # tiles per output image: cdiv(CROP, BLOCK_R) x cdiv(CROP, BLOCK_C)
         SRC_HWC: tl.constexpr,
         OUT_CL: tl.constexpr,
         BLOCK_R: tl.constexpr,  # output rows per program
-        BLOCK_C: tl.constexpr,  # >= CROP, a power of two: a whole output row
+        BLOCK_C: tl.constexpr,  # output columns per program
     ):
+        # Tiles: rows from the program id, contiguous columns from an arange. The last tile of a row or
+        # column of tiles is moved back to end at the crop's edge (overlapping its neighbour, which
+        # writes the same values there): no tile needs a mask, no element an index compare.
         pid = tl.program_id(0)
-        m = pid // row_blocks  # one division per program
-        rb = pid - m * row_blocks
+        per_image = row_blocks * col_blocks
+        m = pid // per_image  # two divisions per program, none per element
+        rest = pid - m * per_image
+        rb = rest // col_blocks
+        cb = rest - rb * col_blocks
+        r0 = tl.minimum(rb * BLOCK_R, CROP - BLOCK_R)
+        c0 = tl.minimum(cb * BLOCK_C, CROP - BLOCK_C)
         # the output image's parameters, once per program
         n = tl.load(params_ptr + m * 4)
         top = tl.load(params_ptr + m * 4 + 1)
         left = tl.load(params_ptr + m * 4 + 2)
         flip = tl.load(params_ptr + m * 4 + 3)
-        rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.arange(0, BLOCK_C)
-        mask = (rows < CROP)[:, None] & (cols < CROP)[None, :]
-        # source column of output column j: left + j, or left + CROP - 1 - j when flipped
+        rows = r0 + tl.arange(0, BLOCK_R)
+        cols = c0 + tl.arange(0, BLOCK_C)
+        # output column j reads source column left + j, or left + CROP - 1 - j when flipped: computed per
+        # column (a thread's rows share its columns), nothing per element
         step = 1 - 2 * flip
         scol = (left + flip * (CROP - 1)) + cols * step
-        srow = top + rows
         if SRC_HWC:
-            src = src_ptr + n.to(tl.int64) * (H * W * 3)
-            s_off = (srow * (W * 3))[:, None] + (scol * 3)[None, :]
+            src = src_ptr + n.to(tl.int64) * (H * W * 3) + top * (W * 3)
+            s_off = (rows * (W * 3))[:, None] + (scol * 3)[None, :]
             s_ch = 1
         else:
-            src = src_ptr + n.to(tl.int64) * (3 * H * W)
-            s_off = (srow * W)[:, None] + scol[None, :]
+            src = src_ptr + n.to(tl.int64) * (3 * H * W) + top * W
+            s_off = (rows * W)[:, None] + scol[None, :]
             s_ch = H * W
         if OUT_CL:
             out = out_ptr + m.to(tl.int64) * (CROP * CROP * 3)
@@ -80,19 +89,27 @@ if triton is not None:
             o_ch = CROP * CROP
         for c in tl.static_range(3):
             b = tl.load(shift_ptr + m * 3 + c)
-            x = tl.load(src + c * s_ch + s_off, mask=mask, other=0).to(tl.float32)
-            y = x * gain + b
-            tl.store(out + c * o_ch + o_off, y.to(out_ptr.dtype.element_ty), mask=mask)
+            x = tl.load(src + c * s_ch + s_off).to(tl.float32)
+            tl.store(out + c * o_ch + o_off, (x * gain + b).to(out_ptr.dtype.element_ty))
 
 
 # ------------------------------------------------------------------------------------ launchers
 
 _ELEMENTS_PER_PROGRAM = 2048  # per channel: 16 per thread at 4 warps
+_MAX_BLOCK_C = 128
+
+
+def _floor_pow2(v: int) -> int:
+    return 1 << (v.bit_length() - 1)
 
 
 def _config(crop: int, rows_per_program: int | None) -> Config:
-    block_c = triton.next_power_of_2(crop)
-    block_r = rows_per_program or max(1, min(triton.next_power_of_2(crop), _ELEMENTS_PER_PROGRAM // block_c))
+    """Tiles of at most 128 columns (227 = two tiles that overlap by 29 columns) and enough rows for
+    ``_ELEMENTS_PER_PROGRAM`` elements, both powers of two no larger than the crop (tiles never leave it)."""
+    block_c = min(_MAX_BLOCK_C, _floor_pow2(crop))
+    block_r = rows_per_program or min(_floor_pow2(crop), max(1, _ELEMENTS_PER_PROGRAM // block_c))
+    if block_r > crop or block_r & (block_r - 1):
+        raise ValueError(f"augment: rows_per_program must be a power of two <= crop, got {block_r}")
     return Config(dict(BLOCK_R=block_r, BLOCK_C=block_c), num_warps=4)
 
 
@@ -153,7 +170,8 @@ def augment(images: torch.Tensor, params: torch.Tensor, shift: torch.Tensor, cro
     images, params, shift = images.contiguous(), params.contiguous(), shift.contiguous()
     cfg = _config(crop, rows_per_program)
     row_blocks = triton.cdiv(crop, cfg.constexprs["BLOCK_R"])
-    launch("augment", _augment_kernel, (m * row_blocks,),
-           (images, out, params, shift, gain, h, w, crop, row_blocks), cfg, images.device,
+    col_blocks = triton.cdiv(crop, cfg.constexprs["BLOCK_C"])
+    launch("augment", _augment_kernel, (m * row_blocks * col_blocks,),
+           (images, out, params, shift, gain, h, w, crop, row_blocks, col_blocks), cfg, images.device,
            SRC_HWC=layout == "hwc", OUT_CL=channels_last)
     return out
