@@ -4,6 +4,7 @@
 LOCAL_WORLD_SIZE and ALEXNET_INIT_METHOD (a ``file://`` store in a temporary folder, so there is no
 port to race for) and calls ``fn(*args)``, inside which ``alexnet.parallel.init_distributed()`` works
 as under torchrun. ``fn`` must be importable (a module-level function): the processes are spawned.
+``launch`` returns the ranks' return values (picklable ones), in rank order.
 
 If a rank fails (raises, exits non-zero, or is killed) the others get ``grace_s`` seconds to exit on
 their own (a rank waiting in a collective usually fails at once with "connection reset"), then are
@@ -11,16 +12,32 @@ terminated, so every rank exits non-zero within a bounded time. ``launch`` then 
 ``LaunchError`` whose message starts with the traceback of the rank that failed first. Secondary
 failures (communication errors caused by a peer's death) are listed after it even when they were
 reported earlier.
+
+Signals. Ctrl-C (SIGINT) belongs to the launcher: the ranks start with SIGINT ignored, so a terminal's
+Ctrl-C, which reaches the whole process group, interrupts nothing in them. The launcher turns its first
+SIGINT or SIGTERM into one SIGTERM to every rank (``fn`` may handle it, e.g. to stop at a step boundary
+and save; by default it ends the rank), a second one into SIGKILL, and kills ranks still running
+``stop_timeout_s`` after the first; it then raises ``LaunchInterrupted`` (a ``KeyboardInterrupt``).
+A rank whose launcher died (even by SIGKILL) sends itself SIGTERM within a fraction of a second, exits
+by itself at most ``stop_timeout_s`` later, and removes the launcher's temporary folder. ``fn`` and
+``args`` travel to the ranks in a file, not through the start-up pipe, so a rank that dies while
+starting never blocks the launcher; folders of launchers that no longer run are removed by the next
+launch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import pickle
+import re
+import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -39,6 +56,7 @@ class RankFailure:
     traceback: str | None  # None when the rank left no report (killed, or exited without raising)
     secondary: bool  # a communication error caused by another rank's failure
     terminated: bool  # stopped by the launcher after another rank failed
+    exception: BaseException | None = None  # what the rank raised, where it could be pickled
 
     def describe(self) -> str:
         if self.terminated:
@@ -63,29 +81,101 @@ class LaunchError(RuntimeError):
         super().__init__("\n".join(lines))
 
 
+class LaunchInterrupted(KeyboardInterrupt):
+    """The launcher got SIGINT or SIGTERM (``signum``, the first one); every rank has exited since.
+    ``results``: the ranks' return values, None for a rank that returned none."""
+
+    def __init__(self, signum: int, results: list):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.results = signum, results
+
+
+_TMP_PREFIX = "alexnet-launch-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_dirs() -> None:
+    """Temporary folders of launchers that no longer run (killed before they could clean up)."""
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(re.escape(_TMP_PREFIX) + r"(\d+)-.+", name)
+        path = os.path.join(base, name)
+        try:
+            if m and os.stat(path).st_uid == os.getuid() and not _alive(int(m[1])):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _watch_launcher(launcher_pid: int, stop_timeout_s: float) -> None:
+    """If the launcher dies, SIGTERM this rank (it saves and stops, or just ends), and end it for good
+    ``stop_timeout_s`` later."""
+    def watch():
+        while os.getppid() == launcher_pid:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(stop_timeout_s)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
 def _is_secondary(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}"
     return any(s in text for s in _SECONDARY)
 
 
-def _worker(rank: int, nprocs: int, fn, args, env: dict, report_dir: str):
+def _worker(rank: int, nprocs: int, payload: str, env: dict, report_dir: str, launcher_pid: int,
+            stop_timeout_s: float, owned_dir: str | None):
+    # SIGINT arrives ignored (inherited from the launcher, so also while Python starts) and stays so;
+    # SIGTERM ends the rank unless fn handles it. Both were blocked while the launcher started the ranks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    _watch_launcher(launcher_pid, stop_timeout_s)
     os.environ.update(env)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
     if "OMP_NUM_THREADS" not in env:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
+    orphan_cleanup = lambda: _remove_if_orphaned(owned_dir, launcher_pid)
     try:
-        fn(*args)
+        with open(payload, "rb") as f:
+            fn, args = pickle.load(f)
+        result = fn(*args)
+        _write(os.path.join(report_dir, f"rank{rank}.result"), pickle.dumps(result))
     except SystemExit as e:
         if e.code in (0, None):
+            orphan_cleanup()
             _exit_cleanly()
         _report(report_dir, rank, e, secondary=False)
+        orphan_cleanup()
         os._exit(e.code if isinstance(e.code, int) else 1)
     except BaseException as e:  # noqa: BLE001 -- every failure is reported to the launcher
         _report(report_dir, rank, e, secondary=_is_secondary(e))
+        orphan_cleanup()
         os._exit(1)  # now: no atexit handlers or process-group destructors that could hang
+    orphan_cleanup()
     _exit_cleanly()
+
+
+def _remove_if_orphaned(owned_dir: str | None, launcher_pid: int) -> None:
+    """A rank that outlived its launcher removes the launcher's temporary folder (the last one out wins)."""
+    if owned_dir and os.getppid() != launcher_pid:
+        shutil.rmtree(owned_dir, ignore_errors=True)
 
 
 def _exit_cleanly():
@@ -98,32 +188,68 @@ def _exit_cleanly():
 
 def _report(report_dir: str, rank: int, exc: BaseException, secondary: bool):
     text = "".join(traceback.format_exception(exc))
-    path = os.path.join(report_dir, f"rank{rank}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"time": time.time(), "traceback": text, "secondary": secondary}, f)
-    os.replace(path + ".tmp", path)
+    try:
+        exc_bytes = pickle.dumps(exc)
+    except Exception:  # noqa: BLE001 -- an exception that doesn't pickle is reported by its traceback
+        exc_bytes = pickle.dumps(None)
+    _write(os.path.join(report_dir, f"rank{rank}.exception"), exc_bytes)
+    _write(os.path.join(report_dir, f"rank{rank}.json"),
+           json.dumps({"time": time.time(), "traceback": text, "secondary": secondary}).encode())
+
+
+def _write(path: str, data: bytes) -> None:
+    try:
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
+    except OSError:  # the launcher's folder is gone (the launcher died): nobody to report to
+        pass
+
+
+def _read(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        try:
+            return pickle.load(f)
+        except Exception:  # noqa: BLE001 -- a class the launcher can't import
+            return None
 
 
 def launch(fn, nprocs: int, args=(), backend: str | None = None, store_dir: str | None = None,
-           grace_s: float = 10.0) -> None:
-    """Run ``fn(*args)`` in ``nprocs`` spawned processes; raise ``LaunchError`` if any of them fails.
+           grace_s: float = 10.0, stop_timeout_s: float = 60.0) -> list:
+    """Run ``fn(*args)`` in ``nprocs`` spawned processes and return their results; raise ``LaunchError``
+    if any of them fails (``failures[i].exception``: what it raised).
 
     backend: passed to ``init_distributed`` through ALEXNET_BACKEND (default: nccl with CUDA, else gloo).
-    store_dir: folder for the ``file://`` init store and the ranks' error reports (default: a new
-    temporary folder, removed afterwards).
+    store_dir: folder for the ``file://`` init store, the ranks' error reports and the pickled ``fn`` and
+    ``args`` (default: a new temporary folder, removed afterwards).
     grace_s: how long the other ranks may take to exit after the first failure before they are terminated.
+    stop_timeout_s: how long the ranks may take to exit after the launcher was signalled (module docstring)
+    before they are killed; raises ``LaunchInterrupted`` after such a stop.
     """
     if nprocs < 1:
         raise ValueError(f"nprocs must be at least 1, got {nprocs}")
-    tmp = None
+    _remove_stale_dirs()
+    owned_dir = None
     if store_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="alexnet-launch-")
-        store_dir = tmp.name
+        store_dir = owned_dir = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+    try:
+        return _launch(fn, nprocs, args, backend, store_dir, owned_dir, grace_s, stop_timeout_s)
+    finally:
+        if owned_dir is not None:
+            shutil.rmtree(owned_dir, ignore_errors=True)
+
+
+def _launch(fn, nprocs, args, backend, store_dir, owned_dir, grace_s, stop_timeout_s) -> list:
     report_dir = os.path.join(store_dir, "reports")
     os.makedirs(report_dir, exist_ok=True)
     store = os.path.join(store_dir, "store")
     if os.path.exists(store):
         os.remove(store)  # a file store left by an earlier run would confuse the rendezvous
+    payload = os.path.join(store_dir, "payload.pkl")
+    with open(payload, "wb") as f:  # (fn, args) can be large: a file, never the start-up pipe
+        pickle.dump((fn, args), f)
     env = {"WORLD_SIZE": str(nprocs), "LOCAL_WORLD_SIZE": str(nprocs),
            "ALEXNET_INIT_METHOD": "file://" + os.path.abspath(store)}
     if backend is not None:
@@ -132,24 +258,49 @@ def launch(fn, nprocs: int, args=(), backend: str | None = None, store_dir: str 
         env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
 
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, nprocs, fn, args, env, report_dir), name=f"rank{r}")
+    procs = [ctx.Process(target=_worker, name=f"rank{r}",
+                         args=(r, nprocs, payload, env, report_dir, os.getpid(), stop_timeout_s, owned_dir))
              for r in range(nprocs)]
     exit_time: dict[int, float] = {}
     terminated: set[int] = set()
+    signals: list[int] = []   # what the launcher received, in order
+    stop_deadline = [None]
+
+    def forward(signum, frame):
+        signals.append(signum)
+        if stop_deadline[0] is None:
+            stop_deadline[0] = time.monotonic() + stop_timeout_s
+        for p in procs:   # the first signal asks the ranks to stop, a second one ends them
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM if len(signals) == 1 else signal.SIGKILL)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handlers = {}
     try:
-        for p in procs:
-            p.start()
+        if main_thread:   # the ranks inherit SIGINT ignored; signals wait until the handlers are in place
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            if main_thread:
+                old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, forward)
+                signal.signal(signal.SIGINT, forward)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         first_failure = None
         while len(exit_time) < nprocs:
             alive = [p for r, p in enumerate(procs) if r not in exit_time]
             timeout = 1.0 if first_failure is None else max(0.0, first_failure + grace_s - time.monotonic())
-            wait([p.sentinel for p in alive], timeout=timeout)
+            wait([p.sentinel for p in alive], timeout=min(timeout, 1.0))
             for r, p in enumerate(procs):
                 if r not in exit_time and p.exitcode is not None:
                     exit_time[r] = time.time()
                     if p.exitcode != 0 and first_failure is None:
                         first_failure = time.monotonic()
-            if first_failure is not None and time.monotonic() >= first_failure + grace_s:
+            stop_late = stop_deadline[0] is not None and time.monotonic() >= stop_deadline[0]
+            if stop_late or (first_failure is not None and time.monotonic() >= first_failure + grace_s):
                 for r, p in enumerate(procs):
                     if r not in exit_time:
                         terminated.add(r)
@@ -163,9 +314,14 @@ def launch(fn, nprocs: int, args=(), backend: str | None = None, store_dir: str 
                         exit_time[r] = time.time()
     finally:
         for p in procs:  # the launcher itself was interrupted: leave no orphans
-            if p.exitcode is None and p.pid is not None:
+            if p.pid is not None and p.exitcode is None:
                 p.kill()
                 p.join()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    results = [_read(os.path.join(report_dir, f"rank{r}.result")) for r in range(nprocs)]
+    if signals:
+        raise LaunchInterrupted(signals[0], results)
 
     failures = []
     for r, p in enumerate(procs):
@@ -179,9 +335,9 @@ def launch(fn, nprocs: int, args=(), backend: str | None = None, store_dir: str 
         failures.append(RankFailure(
             rank=r, exitcode=p.exitcode, time=report["time"] if report else exit_time[r],
             traceback=report["traceback"] if report else None,
-            secondary=bool(report and report["secondary"]), terminated=r in terminated and report is None))
-    if tmp is not None:
-        tmp.cleanup()
+            secondary=bool(report and report["secondary"]), terminated=r in terminated and report is None,
+            exception=_read(os.path.join(report_dir, f"rank{r}.exception"))))
     if failures:
         failures.sort(key=lambda f: (f.terminated, f.secondary, f.time))
         raise LaunchError(failures)
+    return results
