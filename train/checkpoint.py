@@ -6,8 +6,10 @@ epoch, global step and the epoch's running sums), the metrics so far and the res
 state is needed: data order, augmentation and dropout are all drawn from generators seeded by
 (seed, epoch, index) and (seed, global step), see train/data.py and train/engine.py.
 
-Files are written to a temporary name and moved into place with ``os.replace``, so a kill during a save
-leaves the previous checkpoint whole.
+Files are written to a temporary name, synced, and moved into place with ``os.replace``, so a kill during
+a save leaves the previous checkpoint whole; a failed write (a full disk) removes its temporary file and
+raises ``DataError`` naming the cause. A model or velocity with a non-finite value is never saved
+(``Diverged``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import os
 import torch
 
 from alexnet.parallel import full_state_dict, load_full_state_dict
-from train.engine import velocity_key
+from train import report
+from train.data import DataError
+from train.engine import Diverged, velocity_key
+
+# What a checkpoint of train.run holds (a plain state dict, or another program's file, holds other keys).
+KEYS = ("model", "velocity", "scheduler", "scaler", "state", "history", "config", "classes")
 
 
 def resolve(path: str) -> str:
@@ -54,6 +61,11 @@ def save(path: str, module, optimizer, scheduler, scaler, state: dict, history: 
     """Collective (every rank calls it); the main process writes ``path`` atomically."""
     model_sd = full_state_dict(module, ctx)
     velocity_sd = _velocity_state_dict(module, optimizer, ctx)
+    for what, sd in (("weights", model_sd), ("momentum velocities", velocity_sd)):
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:   # every rank sees the same full tensors: they all raise
+            raise Diverged(f"the {what} hold non-finite values ({bad[0]}) after step {state['global_step']}: "
+                           f"training diverged")
     if not ctx.is_main:
         return
     ckpt = {
@@ -66,13 +78,22 @@ def save(path: str, module, optimizer, scheduler, scaler, state: dict, history: 
         "config": cfg,
         "classes": classes,
     }
-    tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    report.write_atomic(path, lambda f: torch.save(ckpt, f))
 
 
 def load(path: str) -> dict:
     return torch.load(resolve(path), map_location="cpu", weights_only=False)
+
+
+def check(ckpt, path: str) -> dict:
+    """``ckpt`` if it is a checkpoint of train.run, else ``DataError``."""
+    missing = [k for k in KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(KEYS)
+    if missing:
+        what = "a plain state dict" if isinstance(ckpt, dict) and all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()) else "not a checkpoint of train.run"
+        raise DataError(f"{path} is {what} (it has no {missing[0]!r}): --resume and --evaluate take the "
+                        f"last.pt or best.pt of a run folder")
+    return ckpt
 
 
 def restore(ckpt: dict, module, optimizer, scheduler, scaler, ctx) -> None:

@@ -21,7 +21,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import signal
+import socket
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -145,9 +148,34 @@ def draw_image(cls_index: int, size: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _write_images(jobs: list[tuple[str, int, int, int]]) -> None:
+def _write_images(jobs: list[tuple[str, int, int, int]], parent: int | None = None) -> None:
     for path, cls_index, size, seed in jobs:
+        if parent is not None and os.getppid() != parent:   # the generating process died: stop too
+            return
         draw_image(cls_index, size, seed).save(path, quality=90)
+
+
+def _pool_worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent, which removes the folder
+
+
+def _remove_stale_tmp(cache_dir: str, name: str) -> None:
+    """Temporary folders of generations on this machine whose process no longer runs (killed -9)."""
+    host = socket.gethostname()
+    for entry in os.listdir(cache_dir):
+        m = re.fullmatch(re.escape(name) + r"\.tmp-(.+)-(\d+)", entry)
+        if m and m[1] == host and not _alive(int(m[2])):
+            shutil.rmtree(os.path.join(cache_dir, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def make_builtin_dataset(cache_dir: str, size: int = 112, train_per_class: int = 500,
@@ -155,14 +183,17 @@ def make_builtin_dataset(cache_dir: str, size: int = 112, train_per_class: int =
     """Generate the built-in dataset once under ``cache_dir``; return (its folder, whether it was made now).
 
     The folder name holds every generation parameter, and the tree is written to a temporary folder that
-    is renamed when complete, so an interrupted generation is never mistaken for a finished one.
+    is renamed when complete, so an interrupted generation is never mistaken for a finished one. An
+    interrupted generation removes its temporary folder; one killed outright (SIGKILL) leaves it, and
+    the next generation removes it.
     """
     name = f"shapes-v{BUILTIN_VERSION}-{size}px-{train_per_class}x{val_per_class}"
     root = os.path.join(cache_dir, name)
     if os.path.isdir(root):
         return root, False
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{root}.tmp{os.getpid()}"
+    _remove_stale_tmp(cache_dir, name)
+    tmp = f"{root}.tmp-{socket.gethostname()}-{os.getpid()}"
     jobs = []
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
         for ci, cname in enumerate(BUILTIN_CLASSES):
@@ -173,8 +204,8 @@ def make_builtin_dataset(cache_dir: str, size: int = 112, train_per_class: int =
                              int.from_bytes(digest[:8], "little")))
     try:
         if processes > 1:
-            with get_context("fork").Pool(processes) as pool:
-                pool.map(_write_images, [jobs[i::processes] for i in range(processes)])
+            with get_context("fork").Pool(processes, initializer=_pool_worker_init) as pool:
+                pool.starmap(_write_images, [(jobs[i::processes], os.getpid()) for i in range(processes)])
         else:
             _write_images(jobs)
         try:
@@ -192,17 +223,31 @@ def make_builtin_dataset(cache_dir: str, size: int = 112, train_per_class: int =
 # ----------------------------------------------------------------------------------------------------------
 # ImageFolder trees: train/<class>/*.jpg and val/<class>/*.jpg, checked before anything runs.
 
+def _entries(folder: str, keep) -> list[str]:
+    """The names in ``folder`` for which ``keep(entry)`` holds; an unreadable folder or entry (no
+    permission, a symlink loop) is a ``DataError`` naming it."""
+    names, path = [], folder
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                path = e.path
+                if keep(e):
+                    names.append(e.name)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    return sorted(names)
+
+
 def _scan_split(split_dir: str, what: str) -> tuple[list[str], list[tuple[str, int]]]:
     if not os.path.isdir(split_dir):
         raise DataError(f"missing {what} folder: {split_dir}")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    classes = _entries(split_dir, lambda e: e.is_dir())
     if not classes:
         raise DataError(f"no class folders in {split_dir}")
     samples = []
     for ci, cname in enumerate(classes):
         cdir = os.path.join(split_dir, cname)
-        files = sorted(e.name for e in os.scandir(cdir)
-                       if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+        files = _entries(cdir, lambda e: e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file())
         if not files:
             raise DataError(f"class folder with no images: {cdir}")
         samples += [(os.path.join(cdir, f), ci) for f in files]
@@ -285,7 +330,11 @@ def image_statistics(samples: list[tuple[str, int]], resize: int, max_images: in
     pick = limit_samples(samples, max_images)
     pixels = []
     for path, _ in pick:
-        img = TF.center_crop(TF.resize(load_image(path), resize), [resize, resize])
+        try:
+            img = load_image(path)
+        except Exception:  # noqa: BLE001  (unreadable: training names or skips it later)
+            continue
+        img = TF.center_crop(TF.resize(img, resize), [resize, resize])
         x = TF.to_tensor(img).flatten(1)
         pixels.append(x[:, torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(0))[:2000]])
     p = torch.cat(pixels, 1).double()
@@ -321,8 +370,9 @@ def load_image(path: str) -> Image.Image:
 # Datasets and sampling.
 
 class Images(torch.utils.data.Dataset):
-    """Indexed by (sample index, sample seed). A sample that cannot be read comes back as (None, label, path),
-    so the training loop can name the file or skip it."""
+    """Indexed by (sample index, sample seed). A sample that cannot be read or decoded (a corrupt or
+    truncated file, a decompression bomb, a symlink loop) comes back as (None, label, path), so the
+    training loop can name the file or skip it."""
 
     def __init__(self, samples: list[tuple[str, int]], transform):
         self.samples, self.transform = samples, transform
@@ -335,7 +385,7 @@ class Images(torch.utils.data.Dataset):
         path, label = self.samples[index]
         try:
             img = load_image(path)
-        except (OSError, ValueError, SyntaxError):
+        except Exception:  # noqa: BLE001  (PIL raises many kinds: OSError, DecompressionBombError, ...)
             return None, label, path
         return self.transform(img, torch.Generator().manual_seed(seed)), label, path
 

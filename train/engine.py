@@ -8,6 +8,7 @@ the processes at the end of each loop.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 
@@ -54,20 +55,25 @@ def velocity_key(optimizer: torch.optim.Optimizer) -> str:
 
 class StopFlag:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step; a second Ctrl-C stops now.
-    With several processes, all of them agree on the step to stop at (an all-reduce per step)."""
+    With several processes, all of them agree on the step to stop at (an all-reduce per step).
+    ``signum`` is the first signal received. A signal that arrives ignored (SIGINT in a launched rank:
+    the launcher owns Ctrl-C and forwards it as SIGTERM) stays ignored."""
 
     def __init__(self):
         self.requested = False
+        self.signum: int | None = None
         self._old = {}
 
     def _handler(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.signum = self.signum or signum
         self.requested = True
 
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handler)
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                self._old[s] = signal.signal(s, self._handler)
         return self
 
     def __exit__(self, *exc):
@@ -75,11 +81,16 @@ class StopFlag:
             signal.signal(s, h)
 
     def agreed(self, ctx) -> bool:
-        if ctx.world_size == 1:
-            return self.requested
-        t = torch.tensor([float(self.requested)], device=ctx.device if ctx.backend == "nccl" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return any_rank([self.requested], ctx)[0]
+
+
+def any_rank(flags: list[bool], ctx) -> list[bool]:
+    """Each flag or'ed over all processes (one all-reduce)."""
+    if ctx.world_size == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=ctx.device if ctx.backend == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def autocast(ctx, precision: str):
@@ -94,6 +105,10 @@ def all_sum(values: list[float], ctx) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=ctx.device if ctx.backend == "nccl" else "cpu")
     dist.all_reduce(t)
     return t.tolist()
+
+
+class Diverged(DataError):
+    """A non-finite loss or non-finite weights: the run stops and saves nothing from then on."""
 
 
 class BadImage(Exception):
@@ -141,6 +156,12 @@ def train_one_epoch(module, loader, optimizer, scaler, state: dict, cfg: dict, c
             scaler.update()
 
             loss_value = loss.item()
+            # every process agrees on stopping and on divergence at the same step (one all-reduce)
+            stop_now, diverged = any_rank([stop.requested, not math.isfinite(loss_value)], ctx)
+            if diverged:
+                raise Diverged(f"the loss is {loss_value if not math.isfinite(loss_value) else 'not finite'} "
+                               f"at step {state['global_step'] + 1} (epoch {state['epoch'] + 1}, step "
+                               f"{state['step'] + 1}/{epoch_steps}): training diverged")
             now = time.perf_counter()
             state["step"] += 1
             state["global_step"] += 1
@@ -160,7 +181,7 @@ def train_one_epoch(module, loader, optimizer, scaler, state: dict, cfg: dict, c
                 break
             if state["step"] >= epoch_steps:
                 break
-            if stop.agreed(ctx):
+            if stop_now:
                 status = "stopped"
                 break
     finally:
@@ -169,12 +190,17 @@ def train_one_epoch(module, loader, optimizer, scaler, state: dict, cfg: dict, c
 
 
 @torch.no_grad()
-def evaluate(module, loader, ctx, cfg, ten_crop: bool, skipped: list[str], log) -> dict:
+def evaluate(module, loader, ctx, cfg, ten_crop: bool, skipped: list[str], log,
+             stop: StopFlag | None = None) -> dict | None:
     """Top-1 / top-5 error. With ``ten_crop`` the loader gives (N, 10, 3, S, S): the softmax is averaged
-    over the 10 crops, and crop 4 (the centre) also gives the centre-crop error."""
+    over the 10 crops, and crop 4 (the centre) also gives the centre-crop error. Returns None when
+    ``stop`` was raised during the evaluation (checked per batch, without data parallelism: data ranks
+    may hold different numbers of validation batches)."""
     module.eval()
     counts = [0.0] * 5   # images, centre top-1 correct, centre top-5 correct, 10-crop top-1, 10-crop top-5
     for x, y, bad in loader:
+        if stop is not None and ctx.dp_size == 1 and stop.agreed(ctx):
+            return None
         check_bad(bad, cfg["skip_bad_images"], skipped, log if ctx.is_main else lambda s: None)
         if x is None:
             continue

@@ -1,25 +1,170 @@
-"""What a run leaves behind besides checkpoints: metrics.jsonl, the curves as a PNG, and the log lines."""
+"""What a run leaves behind: the run folder (its lock), metrics.jsonl, config.json, the curves as a PNG,
+atomic file writes (also for checkpoints), and the log lines.
+
+A run folder belongs to one run at a time: the process that writes it holds an exclusive ``flock`` on
+its ``.lock`` file (released by the kernel however the process ends), and on taking it removes the
+temporary files (``*.tmp``) that a killed run left. JSON files are strict JSON: a non-finite number is
+written as null.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
+import shutil
+
+from train.data import DataError
+
+LOCK = ".lock"
+# A folder holding only these (metrics.jsonl empty) holds no results: a new run may use it.
+EMPTY_RUN_FILES = (LOCK, "config.json", "metrics.jsonl")
+
+
+class _Writer:
+    """A file for ``torch.save`` whose writes are complete or raise: torch reports a failed write of a
+    Python file as "unexpected pos", losing the OSError (ENOSPC, EFBIG, EIO), which this keeps."""
+
+    def __init__(self, fd: int):
+        self.fd, self.error = fd, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:
+            self.error = e
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def write_atomic(path: str, write) -> None:
+    """``write(file)`` into ``path``.tmp, fsync, rename over ``path``. On any failure or interruption the
+    temporary file is removed and ``path`` is untouched; a failed write raises ``DataError``."""
+    tmp = f"{path}.tmp"
+    writer = None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            writer = _Writer(fd)
+            write(writer)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        error = writer.error if writer is not None and writer.error is not None else e
+        if isinstance(error, OSError):
+            raise DataError(f"cannot write {path}: {error.strerror or error} (the previous "
+                            f"{os.path.basename(path)}, if any, is unchanged)") from None
+        raise
+
+
+def link_atomic(src: str, path: str) -> None:
+    """``path`` becomes a copy of ``src`` (a hard link where the file system has them: instant, no space)."""
+    tmp = f"{path}.tmp"
+    try:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise DataError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_text(path: str, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def write_metrics(run_dir: str, history: list[dict]) -> None:
     """Rewrite metrics.jsonl (one JSON object per epoch) from the full history, atomically."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    with open(f"{path}.tmp", "w") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
-    os.replace(f"{path}.tmp", path)
+    _write_text(os.path.join(run_dir, "metrics.jsonl"),
+                "".join(json.dumps(_json_safe(row), allow_nan=False) + "\n" for row in history))
 
 
 def write_config(run_dir: str, cfg: dict) -> None:
-    path = os.path.join(run_dir, "config.json")
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    os.replace(f"{path}.tmp", path)
+    _write_text(os.path.join(run_dir, "config.json"),
+                json.dumps(_json_safe(cfg), indent=2, sort_keys=True, allow_nan=False))
+
+
+def holds_results(run_dir: str) -> list[str]:
+    """The files in ``run_dir`` that a new run would overwrite or mix with (temporary files excepted)."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = []
+    for name in sorted(os.listdir(run_dir)):
+        if ".tmp" in name or name in (LOCK, "config.json"):
+            continue
+        if name == "metrics.jsonl" and os.path.getsize(os.path.join(run_dir, name)) == 0:
+            continue
+        found.append(name)
+    return found
+
+
+def check_out(out: str, new: bool) -> None:
+    """A one-line ``DataError`` if ``out`` can't be this run's folder: a file, or for a new run a folder
+    that holds another run's results."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out {out} is a file, not a folder")
+    found = holds_results(out) if new else []
+    if "last.pt" in found:
+        raise DataError(f"{out} already holds a run: continue it with --resume {out} or choose another --out")
+    if found:
+        raise DataError(f"{out} is not empty (it holds {', '.join(found[:3])}): choose another --out")
+
+
+def claim(run_dir: str, new: bool) -> int:
+    """Create ``run_dir`` if needed and lock it for this process; return the lock's file descriptor (keep
+    it open for the run). Raises ``DataError`` if another run holds it, or (``new``) if it holds results."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        fd = os.open(os.path.join(run_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DataError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise DataError(f"{run_dir} is in use by another run (process {owner or '?'}): wait for it to end, "
+                        f"or choose another --out") from None
+    try:
+        check_out(run_dir, new)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for name in os.listdir(run_dir):     # what a killed run was writing: never a finished file
+            path = os.path.join(run_dir, name)
+            if ".tmp" in name and os.path.isfile(path):
+                os.remove(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def plot(run_dir: str, history: list[dict]) -> None:
@@ -45,10 +190,10 @@ def plot(run_dir: str, history: list[dict]) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = os.path.join(run_dir, "curves.png")
-    fig.savefig(f"{path}.tmp.png", dpi=100)
-    plt.close(fig)
-    os.replace(f"{path}.tmp.png", path)
+    try:
+        write_atomic(os.path.join(run_dir, "curves.png"), lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def epoch_line(row: dict) -> str:
