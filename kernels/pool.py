@@ -63,17 +63,18 @@ from ._common import (
     dense,
     launch,
     memory_format,
-    pool_args,
     tl,
     triton,
     use_triton,
 )
 from ._pooling import (
     argmax_sentinel,
+    check_pool_args,
     input_grad,
     pool_backward_torch,
     pool_forward_torch,
     pooled_outputs,
+    window_masks,
 )
 
 # ------------------------------------------------------------------------------------- kernels
@@ -143,13 +144,14 @@ if triton is not None:
         return v
 
     @triton.jit
-    def _row_max(ptr, s_w, row_ok, iw0, W, kw0, BASE: tl.constexpr, KW: tl.constexpr, PW: tl.constexpr,
+    def _row_max(ptr, s_w, row_ok, iw0, W, kw0, BASE: tl.constexpr, KW: tl.constexpr, MW: tl.constexpr,
                  MASK_ROW: tl.constexpr, RELU: tl.constexpr):
         """(maximum, BASE + kw of its position, the row's first value) along one window row, by PyTorch's
         rule: a value replaces the maximum when ``v > max or isnan(v)``; columns in the padding never win
         and a row of -inf keeps the first in-bounds column kw0. Rows in the padding (``row_ok`` false) load
-        nothing. (The first value only without padding.)"""
-        if PW == 0:  # every column of a window is in bounds: start from the first one
+        nothing. MW: some window has columns outside the image (padding, or ceil_mode's last window). (The
+        first value only without MW.)"""
+        if not MW:  # every column of a window is in bounds: start from the first one
             best = _load(ptr, row_ok, MASK_ROW, RELU)
             first = best
             arg = tl.full(best.shape, BASE, tl.int32)
@@ -183,6 +185,7 @@ if triton is not None:
         D_M, D_S,  # q // OW = umulhi(2q, D_M) >> D_S
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         PH: tl.constexpr, PW: tl.constexpr,
+        MH: tl.constexpr, MW: tl.constexpr,  # windows reach past the rows / columns
         CL: tl.constexpr,  # channels_last
         RELU: tl.constexpr,  # pool relu(x)
         BIG: tl.constexpr,  # int64 offsets inside an image (and everywhere)
@@ -222,11 +225,11 @@ if triton is not None:
 
         # ReLU without padding: pool x, then relu the result (see the module's docstring); else relu each
         # value loaded
-        POST: tl.constexpr = RELU and PH == 0 and PW == 0 and UNROLL
+        POST: tl.constexpr = RELU and not MH and not MW and UNROLL
         RELU_EACH: tl.constexpr = RELU and not POST
         if CARRY:  # the first row of window 0: in the padding when PH > 0
             if PH == 0:
-                top_v, top_a, top_f = _row_max(x_lane, s_w, True, iw0, W, kw0, 0, KW, PW, False, RELU_EACH)
+                top_v, top_a, top_f = _row_max(x_lane, s_w, True, iw0, W, kw0, 0, KW, MW, False, RELU_EACH)
             else:
                 top_v = _neg_inf(x_lane)
                 top_a = tl.zeros(x_lane.shape, tl.int32) + kw0
@@ -245,7 +248,7 @@ if triton is not None:
                         a = top_a
                         f = top_f
                     else:
-                        h, a, f = _row_max(x_lane + ih * s_h, s_w, rok, iw0, W, kw0, r * KW, KW, PW, PH > 0,
+                        h, a, f = _row_max(x_lane + ih * s_h, s_w, rok, iw0, W, kw0, r * KW, KW, MW, MH,
                                            RELU_EACH)
                     if r == 0 and PH == 0:
                         best = h
@@ -253,7 +256,7 @@ if triton is not None:
                         first = f  # the window's first value
                     else:
                         take = (h > best) | (h != h)
-                        if PH > 0:
+                        if MH:  # rows outside the image never win (-inf, or 0 after a ReLU)
                             take = take & rok
                         best = tl.where(take, h, best)
                         arg = tl.where(take, a, arg)
@@ -354,6 +357,7 @@ if triton is not None:
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         PH: tl.constexpr, PW: tl.constexpr,
         CL: tl.constexpr, BIG: tl.constexpr, I64: tl.constexpr,
+        MH: tl.constexpr,  # some window has rows outside the image (padding or ceil_mode)
         NB: tl.constexpr,  # blocks per lane, side by side (1 or 2)
         BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
         EVEN_C: tl.constexpr,  # channels_last: C % BLOCK_C == 0
@@ -409,9 +413,9 @@ if triton is not None:
         pdl = _acc_zeros(pal, dy_ptr)
         pdm = pdl
         pdr = pdl
-        # rows of blocks b < OH may leave [0, H) only with padding or a kernel shorter than stride + PH;
-        # the blocks after them start inside
-        CHECK_FROM: tl.constexpr = 0 if PH > 0 or PH + SH > KH else SH
+        # rows of blocks b < OH may leave [0, H) only with padding, ceil_mode's last window or a kernel
+        # shorter than stride + PH; the blocks after them start inside
+        CHECK_FROM: tl.constexpr = 0 if MH or PH + SH > KH else SH
         am_p = am_lane  # row b of windows, row b of blocks: pointers carried down the plane
         dy_p = dy_lane
         dx_p = dx_lane - PH * s_h
@@ -563,13 +567,13 @@ def _grid(cfg, lanes, c, fmt):
     return (tiles,)
 
 
-def _pool_forward(x, kernel, stride, padding, relu=False):
+def _pool_forward(x, kernel, stride, padding, relu=False, ceil_mode=False):
     """Returns (y, argmax)."""
     op = "relu_max_pool2d" if relu else "max_pool2d"
     fmt = memory_format(x)
     x = dense(x, fmt)
     n, c, h, w = x.shape
-    y, am = pooled_outputs(x, kernel, stride, padding, relu=relu)  # in fmt, as the fake implementation
+    y, am = pooled_outputs(x, kernel, stride, padding, relu=relu, ceil_mode=ceil_mode)  # as the fake one
     oh, ow = y.shape[2:]
     if y.numel() == 0:
         return y, am
@@ -585,9 +589,10 @@ def _pool_forward(x, kernel, stride, padding, relu=False):
     # offsets reach a window's extent past the image (padding, lanes clamped) beyond the elements
     slack = (kernel[0] + padding[0] + 1) * (w + kernel[1] + padding[1]) * c
     flags = _int64_flags(c * h * w + slack, n * c * h * w + slack, lanes + cfg.constexprs["BLOCK_Q"])
+    mh, mw = window_masks((h, w), (oh, ow), kernel, stride, padding)
     launch(f"{op}_fwd", _pool_fwd_kernel, _grid(cfg, lanes, c, fmt),
            (x, y, am, c, h, w, oh, ow, lanes, *_magic(ow)), cfg, x.device, (oh,),
-           KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1],
+           KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], MH=mh, MW=mw,
            CL=cl, RELU=relu, UNROLL=unroll, CARRY=unroll and kernel[0] == stride[0] + 1, **flags)
     return y, am
 
@@ -632,7 +637,7 @@ def _pool_backward(dy, am, input_hw, kernel, stride, padding, relu=False):
         flags = _int64_flags(c * span, n * c * span, lanes + cfg.constexprs["BLOCK_Q"])
         launch(f"{op}_bwd", _pool_bwd_block_kernel, _grid(cfg, lanes, c, fmt),
                (dy, am, dx, c, h, w, oh, ow, nbh, nl, lanes, *_magic(nl)), cfg, dy.device, (oh,),
-               NB=nb, **flags, **consts)
+               NB=nb, MH=window_masks((h, w), (oh, ow), kernel, stride, padding)[0], **flags, **consts)
     else:
         lanes = planes * w
         flags = _int64_flags(c * (h + 1) * w, n * c * (h + 1) * w, lanes + cfg.constexprs["BLOCK_Q"])
@@ -646,13 +651,13 @@ def _pool_backward(dy, am, input_hw, kernel, stride, padding, relu=False):
 
 @torch.library.custom_op("alexnet_triton::max_pool2d", mutates_args=())
 def max_pool2d_op(x: torch.Tensor, kernel_size: list[int], stride: list[int],
-                  padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pool_forward(x, kernel_size, stride, padding)
+                  padding: list[int], ceil_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pool_forward(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
 
 
 @max_pool2d_op.register_fake
-def _(x, kernel_size, stride, padding):
-    return pooled_outputs(x, kernel_size, stride, padding)
+def _(x, kernel_size, stride, padding, ceil_mode=False):
+    return pooled_outputs(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
 
 
 @torch.library.custom_op("alexnet_triton::max_pool2d_backward", mutates_args=())
@@ -667,14 +672,14 @@ def _(dy, argmax, input_hw, kernel_size, stride, padding):
 
 
 def _pool_setup_context(ctx, inputs, output):
-    x, kernel_size, stride, padding = inputs
+    x, kernel_size, stride, padding = inputs[:4]  # (ceil_mode: the backward reads it from dy's size)
     ctx.save_for_backward(output[1])  # the argmax bytes only: backward needs no input values
     ctx.args = (list(x.shape[2:]), kernel_size, stride, padding)
 
 
 def _pool_backward_fn(ctx, dy, _d_argmax):
     (argmax,) = ctx.saved_tensors
-    return max_pool2d_backward_op(dy, argmax, *ctx.args), None, None, None
+    return max_pool2d_backward_op(dy, argmax, *ctx.args), None, None, None, None
 
 
 max_pool2d_op.register_autograd(_pool_backward_fn, setup_context=_pool_setup_context)
@@ -682,13 +687,13 @@ max_pool2d_op.register_autograd(_pool_backward_fn, setup_context=_pool_setup_con
 
 @torch.library.custom_op("alexnet_triton::relu_max_pool2d", mutates_args=())
 def relu_max_pool2d_op(x: torch.Tensor, kernel_size: list[int], stride: list[int],
-                       padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pool_forward(x, kernel_size, stride, padding, relu=True)
+                       padding: list[int], ceil_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pool_forward(x, kernel_size, stride, padding, relu=True, ceil_mode=ceil_mode)
 
 
 @relu_max_pool2d_op.register_fake
-def _(x, kernel_size, stride, padding):
-    return pooled_outputs(x, kernel_size, stride, padding, relu=True)
+def _(x, kernel_size, stride, padding, ceil_mode=False):
+    return pooled_outputs(x, kernel_size, stride, padding, relu=True, ceil_mode=ceil_mode)
 
 
 @torch.library.custom_op("alexnet_triton::relu_max_pool2d_backward", mutates_args=())
@@ -705,7 +710,7 @@ def _(dy, argmax, input_hw, kernel_size, stride, padding):
 
 def _relu_pool_backward_fn(ctx, dy, _d_argmax):
     (argmax,) = ctx.saved_tensors
-    return relu_max_pool2d_backward_op(dy, argmax, *ctx.args), None, None, None
+    return relu_max_pool2d_backward_op(dy, argmax, *ctx.args), None, None, None, None
 
 
 relu_max_pool2d_op.register_autograd(_relu_pool_backward_fn, setup_context=_pool_setup_context)
@@ -714,20 +719,36 @@ relu_max_pool2d_op.register_autograd(_relu_pool_backward_fn, setup_context=_pool
 # ----------------------------------------------------------------------------------------- public
 
 
-def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
-    """``F.max_pool2d(x, kernel_size, stride, padding)``; saves one byte per output for backward.
+def _pool(op_name: str, op, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    check_tensor(op_name, x)
+    if x.dim() not in (3, 4):
+        raise ValueError(f"{op_name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got {x.dim()}-D "
+                         f"with shape {tuple(x.shape)}")
+    x4 = x.unsqueeze(0) if x.dim() == 3 else x  # (C, H, W): a batch of one, as F.max_pool2d
+    kernel, stride, padding, _ = check_pool_args(op_name, x4, kernel_size, stride, padding, dilation,
+                                                 bool(ceil_mode), return_indices)
+    y = op(x4, list(kernel), list(stride), list(padding), bool(ceil_mode))[0]
+    return y.squeeze(0) if x.dim() == 3 else y
 
-    ``stride=None`` means ``kernel_size``, as in PyTorch."""
-    check_tensor("max_pool2d", x, ndim=4)
-    kernel, stride, padding, _ = pool_args("max_pool2d", x, kernel_size, stride, padding)
-    return max_pool2d_op(x, list(kernel), list(stride), list(padding))[0]
+
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False) -> torch.Tensor:
+    """``F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)`` on (N, C, H, W) or (C, H, W)
+    input; saves one byte per output for backward.
+
+    ``stride=None`` means ``kernel_size``, as in PyTorch. ``dilation`` other than 1 and
+    ``return_indices=True`` raise a ValueError that names ``F.max_pool2d`` as the alternative."""
+    return _pool("max_pool2d", max_pool2d_op, x, kernel_size, stride, padding, dilation, ceil_mode,
+                 return_indices)
 
 
-def relu_max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
-    """``F.max_pool2d(F.relu(x), kernel_size, stride, padding)`` in one kernel each way; saves one byte
-    per output for backward (the window's argmax, or a sentinel where its maximum is not positive).
+def relu_max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=False,
+                    return_indices=False) -> torch.Tensor:
+    """``F.max_pool2d(F.relu(x), kernel_size, stride, padding, ceil_mode=ceil_mode)`` in one kernel each
+    way, on (N, C, H, W) or (C, H, W) input; saves one byte per output for backward (the window's argmax,
+    or a sentinel where its maximum is not positive).
 
-    ``stride=None`` means ``kernel_size``, as in PyTorch."""
-    check_tensor("relu_max_pool2d", x, ndim=4)
-    kernel, stride, padding, _ = pool_args("relu_max_pool2d", x, kernel_size, stride, padding)
-    return relu_max_pool2d_op(x, list(kernel), list(stride), list(padding))[0]
+    ``stride=None`` means ``kernel_size``, as in PyTorch; ``dilation`` and ``return_indices`` as in
+    ``max_pool2d``."""
+    return _pool("relu_max_pool2d", relu_max_pool2d_op, x, kernel_size, stride, padding, dilation, ceil_mode,
+                 return_indices)

@@ -16,13 +16,13 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     return F.local_response_norm(F.relu(x), size, alpha, beta, k)
 
 
-def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
-    return F.max_pool2d(x, kernel_size, stride, padding)
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0, ceil_mode=False) -> torch.Tensor:
+    return F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
 
 
-def relu_max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0) -> torch.Tensor:
+def relu_max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0, ceil_mode=False) -> torch.Tensor:
     """ReLU then max-pool (AlexNet's conv5 -> pool): PyTorch's ReLU keeps NaN and -0.0."""
-    return F.max_pool2d(F.relu(x), kernel_size, stride, padding)
+    return F.max_pool2d(F.relu(x), kernel_size, stride, padding, ceil_mode=ceil_mode)
 
 
 def relu_lrn_max_pool2d(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,

@@ -241,7 +241,8 @@ def test_relu_max_pool2d_public_signature_and_reference():
 
     sig = inspect.signature(kernels.relu_max_pool2d)
     assert [(p.name, p.default) for p in sig.parameters.values()] == [
-        ("x", inspect.Parameter.empty), ("kernel_size", 3), ("stride", 2), ("padding", 0)]
+        ("x", inspect.Parameter.empty), ("kernel_size", 3), ("stride", 2), ("padding", 0), ("dilation", 1),
+        ("ceil_mode", False), ("return_indices", False)]
     x = make_relu_values((2, 3, 9, 8), "special", 23)
     for args in [(), (3, 2, 0), ((2, 3), (1, 2), (1, 1)), (3, None, 1)]:
         assert torch.equal(bits(reference.relu_max_pool2d(x, *args)), bits(torch_relu_max_pool2d(x, *args)))
@@ -354,7 +355,7 @@ def test_relu_max_pool2d_rejects_integer_dtypes(path, dtype):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("shape", [(2, 5, 5), (25,), (1, 1, 2, 5, 5)])
+@pytest.mark.parametrize("shape", [(25,), (5, 5), (1, 1, 2, 5, 5)])  # 3-D (C, H, W) is taken, as F.max_pool2d
 def test_relu_max_pool2d_rejects_wrong_rank(path, shape):
     with on_path(path), pytest.raises(ERRORS, match="relu_max_pool2d"):
         relu_max_pool2d(torch.ones(shape))
