@@ -16,12 +16,13 @@ and one data kernel (no autograd): ``augment(images_uint8, params, shift, crop, 
 training input's crop, flip, colour noise, mean, scale and cast in one pass (train/gpu_loader.py).
 """
 
-from . import reference
+from . import nn, reference
 from ._common import HAS_TRITON, INTERPRET, triton_disabled, use_triton
 from .augment import augment
 from .block import relu_lrn_max_pool2d
 from .dropout import dropout, relu_dropout
 from .lrn import relu_lrn
+from .patch import PatchReport, patch
 from .pool import max_pool2d, relu_max_pool2d
 
 __all__ = [
@@ -33,6 +34,9 @@ __all__ = [
     "relu_dropout",
     "augment",
     "reference",
+    "nn",
+    "patch",
+    "PatchReport",
     "triton_disabled",
     "use_triton",
     "HAS_TRITON",
