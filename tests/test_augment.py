@@ -5,6 +5,7 @@ images, 13x13 crops, 4 rows per program: several programs per image and a partia
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -157,3 +158,27 @@ def test_unprepared_image_is_resized_on_the_device_close_to_pil(tmp_path):
     pils = torch.from_numpy(np.array(pre()._square(data.load_image(str(path))))).permute(2, 0, 1).float()
     assert ours.shape == pils.shape == (3, R, R)
     assert (ours - pils).abs().mean() < 2.0, "device resize far from PIL's"
+
+
+def test_train_run_with_the_gpu_loader_prints_the_cpu_loaders_losses(tmp_path, capfd):
+    """``train.run --loader gpu`` on the CPU (torchvision decoding, the kernel under the interpreter) and
+    ``--loader cpu`` (PIL): the same batches, so the same losses step by step."""
+    from train import run
+    root, _ = data.make_builtin_dataset(str(tmp_path / "cache"), size=76, train_per_class=4, val_per_class=1,
+                                        processes=1)
+    losses = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for loader in ("cpu", "gpu"):
+            rc = run.main(["--data", root, "--resize", "76", "--image-size", "67", "--width", "0.125",
+                           "--batch-size", "8", "--workers", "0", "--ops", "eager", "--no-progress",
+                           "--log-every", "1", "--max-steps", "2", "--loader", loader,
+                           "--out", str(tmp_path / loader)])
+            out, err = capfd.readouterr()
+            assert rc == 0, err
+            losses[loader] = [float(v) for v in re.findall(r"^step \d+ .* loss ([\d.]+)$", out, re.M)]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(losses["cpu"]) == 2
+    np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=0, atol=2e-6)

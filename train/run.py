@@ -113,6 +113,11 @@ def parse_args(argv=None) -> dict:
                                                f"built-in {b['workers']})")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable or corrupt images (each one logged) instead of stopping")
+    g.add_argument("--loader", choices=["gpu", "cpu"],
+                   help="gpu: workers only read file bytes, the device decodes them (nvJPEG on CUDA) and "
+                        "one Triton kernel crops, flips, adds the colour noise and normalises "
+                        "(train/gpu_loader.py); cpu: PIL in the workers. The same batches (default: gpu on "
+                        "CUDA, else cpu)")
     g = p.add_argument_group("model")
     g.add_argument("--width", type=float, help=f"multiplies every layer's channels and units "
                                                f"({q['width']}; built-in {b['width']})")
@@ -223,11 +228,16 @@ def prepare_data(cfg: dict, log) -> tuple[list, list, list]:
 
 def make_loader(samples, transform, cfg, ctx, epoch: int, shuffle: bool, batch_size: int, skip: int = 0):
     sampler = EpochSampler(len(samples), cfg["seed"], epoch, shuffle, ctx.dp_rank, ctx.dp_size, skip)
-    return torch.utils.data.DataLoader(
-        Images(samples, transform), batch_size=batch_size, sampler=sampler, num_workers=cfg["workers"],
-        collate_fn=collate, pin_memory=ctx.device.type == "cuda", worker_init_fn=_ignore_sigint,
+    gpu = (cfg.get("loader") or ("gpu" if ctx.device.type == "cuda" else "cpu")) == "gpu"
+    if gpu:   # the workers read bytes; decoding and augmentation run on the device
+        from train import gpu_loader
+    loader = torch.utils.data.DataLoader(
+        gpu_loader.JpegFiles(samples) if gpu else Images(samples, transform), batch_size=batch_size,
+        sampler=sampler, num_workers=cfg["workers"], collate_fn=gpu_loader.collate_files if gpu else collate,
+        pin_memory=ctx.device.type == "cuda", worker_init_fn=_ignore_sigint,
         # fork, also inside the launcher's spawned ranks: a worker starts in milliseconds, not seconds
         multiprocessing_context="fork" if cfg["workers"] and "fork" in mp.get_all_start_methods() else None)
+    return gpu_loader.GpuBatches(loader, transform, ctx.device) if gpu else loader
 
 
 def _ignore_sigint(worker_id: int) -> None:
