@@ -103,7 +103,14 @@ def _gather_pool_grad(
 
 @triton.jit
 def _relu_up(v):
-    return _relu(_upcast(v))
+    """relu(v) in the compute dtype. float32 on a GPU: one max.NaN (NaN stays NaN, as torch.relu keeps
+    it) instead of a compare and a select."""
+    u = _upcast(v)
+    if u.dtype == tl.float32:
+        return tl.inline_asm_elementwise("max.NaN.f32 $0, $1, 0f00000000;", "=r,r", [u], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return _relu(u)
 
 
 @triton.jit
@@ -203,7 +210,10 @@ if INTERPRET:
 
     _upcast = _upcast.fn
     _relu = _relu.fn
-    _relu_up = _relu_up.fn
+
+    def _relu_up(v):
+        return _relu(_upcast(v))
+
     _pow_neg = _pow_neg.fn
     _pow_neg2 = _pow_neg2.fn
     _ring_sumsq = _ring_sumsq.fn

@@ -43,6 +43,20 @@ if triton is not None:
         _upcast,
     )
 
+    @triton.jit
+    def _load_x(ptrs, inb, ok, MASKED: tl.constexpr, IN_PLANE: tl.constexpr):
+        """A walk's load of one channel: channels outside [0, C) (only in MASKED groups) read as 0,
+        PyTorch's zero padding. IN_PLANE: every offset lies inside the plane (the pooled walks clamp
+        their pixels' offsets into it; the plain walks' last pixel block overlaps its neighbour instead of
+        running past the plane), so bound-free groups load without a mask: a masked load costs a zero
+        fill per element. Nothing computed from a clamped pixel is stored or competes in a pool."""
+        if MASKED:
+            return tl.load(ptrs, mask=inb & ok, other=0.0)
+        elif IN_PLANE:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=inb, other=0.0)
+
     # ----------------------------------------------------------------- NCHW: walking the channels
     # A program owns a block of pixels of one image and a chunk of CHUNK output channels, and walks
     # the channels in order, loading each x once. Per pixel it keeps the last SIZE relu'd values in
@@ -56,7 +70,8 @@ if triton is not None:
         R, i0, c0, c_end, C, HW, OH, OW, x_img, y_img, am_img, offs, inb, pr, pc, alpha_n, k, zero,
         SIZE: tl.constexpr, BETA: tl.constexpr, POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
         SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, TOH: tl.constexpr,
-        TOW: tl.constexpr, NPIX: tl.constexpr, BIG: tl.constexpr, MASKED: tl.constexpr,
+        TOW: tl.constexpr, NPIX: tl.constexpr, BIG: tl.constexpr, IN_PLANE: tl.constexpr,
+        MASKED: tl.constexpr,
     ):
         """SIZE steps of the forward walk from channel i0: load channel i, finish channel i - HI."""
         LO: tl.constexpr = SIZE // 2
@@ -74,7 +89,7 @@ if triton is not None:
             else:
                 x_i = x_img + i * HW
             for p in tl.static_range(NPIX):
-                v = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
+                v = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
                 R = _put(R, p, _shift(R[p], v))
             c = i - HI  # its window [c - LO, c + HI] is in the rings now
             if MASKED:
@@ -111,7 +126,10 @@ if triton is not None:
                         tl.store(am_img + o_off, arg.to(am_img.dtype.element_ty), mask=o_ok)
             else:
                 y = R[0][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[0], SIZE), BETA)
-                tl.store(y_img + cc * HW + offs[0], y.to(y_img.dtype.element_ty), mask=inb[0] & ok_c)
+                if IN_PLANE and not MASKED:  # a pixel two programs hold gets the same value twice
+                    tl.store(y_img + cc * HW + offs[0], y.to(y_img.dtype.element_ty))
+                else:
+                    tl.store(y_img + cc * HW + offs[0], y.to(y_img.dtype.element_ty), mask=inb[0] & ok_c)
         return R
 
     @triton.jit
@@ -128,6 +146,7 @@ if triton is not None:
         TOH: tl.constexpr, TOW: tl.constexpr,  # pooled outputs per thread (POOL only)
         BR: tl.constexpr, BC: tl.constexpr,  # patches per program (POOL), or BR * BC pixels
         CHUNK: tl.constexpr, BIG: tl.constexpr,  # output channels per program; int64 offsets
+        IN_PLANE: tl.constexpr,  # every load offset inside the plane (see _load_x)
     ):
         LO: tl.constexpr = SIZE // 2
         cb, t, n = _grid_ids(n_cb, n_t)
@@ -150,16 +169,26 @@ if triton is not None:
             inb = ()
             for u in tl.static_range(U):
                 for v in tl.static_range(V):
-                    offs = offs + ((ih0 + u) * W + (iw0 + v),)
-                    inb = inb + ((ih0 + u >= 0) & (ih0 + u < H) & (iw0 + v >= 0) & (iw0 + v < W),)
+                    ok = (ih0 + u >= 0) & (ih0 + u < H) & (iw0 + v >= 0) & (iw0 + v < W)
+                    # clamped into the plane: bound-free groups load without a mask (see _load_x)
+                    offs = offs + (tl.where(ok, (ih0 + u) * W + (iw0 + v), 0),)
+                    inb = inb + (ok,)
             NPIX: tl.constexpr = U * V
         else:
             y_img = y_ptr + n.to(tl.int64) * C * HW
             # contiguity 1: AlexNet's odd planes defeat vector access anyway, and one layout for every load
             # and store keeps Triton from converting between layouts through shared memory
-            hw = tl.max_contiguous(t * (BR * BC) + tl.arange(0, BR * BC), 1)
+            if IN_PLANE:  # the last block overlaps its neighbour rather than running past the plane
+                start = tl.minimum(t * (BR * BC), HW - BR * BC)
+            else:
+                start = t * (BR * BC)
+            # the block's start goes into the base pointers: the pixels' offsets stay compile-time
+            # constants per thread (loads and stores share one address, no add per pixel)
+            x_img += start
+            y_img += start
+            hw = tl.max_contiguous(tl.arange(0, BR * BC), 1)
             offs = (hw,)
-            inb = (hw < HW,)
+            inb = (hw < HW - start,)
             NPIX: tl.constexpr = 1
             am_img = y_img
             pr = hw
@@ -178,15 +207,16 @@ if triton is not None:
         if POOL:  # one build of the steps: a pooled walk's code is large (compile time)
             for g in range(0, n_g):
                 R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH,
-                               TOW, NPIX, BIG, True)
+                               TOW, NPIX, BIG, IN_PLANE, True)
             return
-        R = _fwd_steps(R, c0 - LO, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW, NPIX, BIG, True)
+        R = _fwd_steps(R, c0 - LO, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW, NPIX, BIG,
+                       IN_PLANE, True)
         for g in range(1, g1):
             R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW,
-                           NPIX, BIG, False)
+                           NPIX, BIG, IN_PLANE, False)
         for g in range(g1, n_g):
             R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW,
-                           NPIX, BIG, True)
+                           NPIX, BIG, IN_PLANE, True)
 
     # Backward, walking the channels the same way. With r = relu(x), s_c = k + (alpha/size) *
     # sum_{c' in win(c)} r_c'^2, and g the gradient of the LRN output (dy, or with POOL the pooled
@@ -220,10 +250,11 @@ if triton is not None:
         k, coef, zero, SIZE: tl.constexpr, BETA: tl.constexpr, POOL: tl.constexpr, KH: tl.constexpr,
         KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
         OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr, NWW: tl.constexpr, NPIX: tl.constexpr,
-        BIG: tl.constexpr, MASKED: tl.constexpr,
+        BIG: tl.constexpr, IN_PLANE: tl.constexpr, MASKED: tl.constexpr, WARM: tl.constexpr,
     ):
         """SIZE steps of the backward walk from channel i0: load channel i, finish t and a of channel
-        i - HI and dx of channel i - SIZE + 1."""
+        i - HI and dx of channel i - SIZE + 1 (not in the WARM group 0, whose dx lie before the chunk if
+        SIZE > 1)."""
         LO: tl.constexpr = SIZE // 2
         HI: tl.constexpr = SIZE - 1 - LO
         for j in tl.static_range(SIZE):
@@ -255,7 +286,7 @@ if triton is not None:
                         d = _upcast(tl.load(dy_img + o_off, mask=m, other=0.0))
                         gs = _route(gs, am, d, a, b, KH, KW, SH, SW, PH, PW, OH_LO, OW_LO)
             else:
-                gs = (_upcast(tl.load(dy_img + cj_off * HW + offs[0], mask=inb[0] & ok_j, other=0.0)),)
+                gs = (_upcast(_load_x(dy_img + cj_off * HW + offs[0], inb[0], ok_j, MASKED, IN_PLANE)),)
             c = i - (SIZE - 1)  # dx is complete for c
             if MASKED:
                 ok_c = (c >= c0) & (c < c_end)
@@ -266,7 +297,7 @@ if triton is not None:
             else:
                 cc = c
             for p in tl.static_range(NPIX):
-                r = _relu_up(tl.load(x_i + offs[p], mask=inb[p] & ok_i, other=0.0))
+                r = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
                 Rp = _shift(R[p], r)
                 pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, SIZE), BETA)
                 a_j = gs[p] * pw_b
@@ -276,10 +307,14 @@ if triton is not None:
                     a_j = tl.where(ok_j, a_j, 0.0)
                 Tp = _shift(T[p], t_j)
                 Ap = _shift(A[p], a_j)
-                r_c = Rp[0]
-                t_sum = _ring_sum(Tp, SIZE)
-                dx = tl.where(r_c > 0, Ap[HI] - coef * r_c * t_sum, 0.0)
-                tl.store(dx_img + cc * HW + offs[p], dx.to(dx_img.dtype.element_ty), mask=inb[p] & ok_c)
+                if not WARM:
+                    r_c = Rp[0]
+                    t_sum = _ring_sum(Tp, SIZE)
+                    dx = tl.where(r_c > 0, Ap[HI] - coef * r_c * t_sum, 0.0).to(dx_img.dtype.element_ty)
+                    if IN_PLANE and not MASKED and not POOL:  # duplicates store equal values
+                        tl.store(dx_img + cc * HW + offs[p], dx)
+                    else:
+                        tl.store(dx_img + cc * HW + offs[p], dx, mask=inb[p] & ok_c)
                 R = _put(R, p, Rp)
                 T = _put(T, p, Tp)
                 A = _put(A, p, Ap)
@@ -300,7 +335,7 @@ if triton is not None:
         OH_LO: tl.constexpr, NWH: tl.constexpr,  # windows holding a block's rows: bh + OH_LO + [0, NWH)
         OW_LO: tl.constexpr, NWW: tl.constexpr,
         BR: tl.constexpr, BC: tl.constexpr,  # pixel blocks per program (POOL), or BR * BC pixels
-        CHUNK: tl.constexpr, BIG: tl.constexpr,
+        CHUNK: tl.constexpr, BIG: tl.constexpr, IN_PLANE: tl.constexpr,
     ):
         cb, t, n = _grid_ids(n_cb, n_t)
         HW = H * W
@@ -320,8 +355,9 @@ if triton is not None:
                 for v in tl.static_range(SW):
                     ih = bh * SH + u
                     iw = bw * SW + v
-                    offs = offs + (ih * W + iw,)
-                    inb = inb + ((ih < H) & (iw < W),)
+                    ok = (ih < H) & (iw < W)
+                    offs = offs + (tl.where(ok, ih * W + iw, 0),)  # clamped (see _load_x)
+                    inb = inb + (ok,)
             NPIX: tl.constexpr = SH * SW
             w_offs = ()
             w_ok = ()
@@ -335,9 +371,16 @@ if triton is not None:
             dy_img = dy_ptr + n.to(tl.int64) * C * HW
             # contiguity 1: AlexNet's odd planes defeat vector access anyway, and one layout for every load
             # and store keeps Triton from converting between layouts through shared memory
-            hw = tl.max_contiguous(t * (BR * BC) + tl.arange(0, BR * BC), 1)
+            if IN_PLANE:  # as in the forward
+                start = tl.minimum(t * (BR * BC), HW - BR * BC)
+            else:
+                start = t * (BR * BC)
+            x_img += start
+            dx_img += start
+            dy_img += start
+            hw = tl.max_contiguous(tl.arange(0, BR * BC), 1)
             offs = (hw,)
-            inb = (hw < HW,)
+            inb = (hw < HW - start,)
             NPIX: tl.constexpr = 1
             OHW = HW
             am_img = dy_img
@@ -361,19 +404,19 @@ if triton is not None:
         if POOL:  # one build of the steps: a pooled walk's code is large (compile time)
             for g in range(0, n_g):
                 R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH,
-                                     SW, PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, True)
+                                     SW, PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
             return
         R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, OH_LO,
-                             NWH, OW_LO, NWW, NPIX, BIG, True)
+                             NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, SIZE > 1)
         if n_g > 1:
             R, T, A = _bwd_steps(R, T, A, c0 + 1, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, OH_LO, NWH,
-                                 OW_LO, NWW, NPIX, BIG, True)
+                                 OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
         for g in range(2, g1):
             R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW,
-                                 PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, False)
+                                 PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, False, False)
         for g in range(tl.maximum(g1, 2), n_g):
             R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW,
-                                 PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, True)
+                                 PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
 
     # ------------------------------------------------------ channels_last (and wide windows): tiles
     # A program owns a (BLOCK_C channels x BLOCK_HW pixels) tile and reads each channel's window from
@@ -495,9 +538,10 @@ def needs_int64(*tensors) -> bool:
 
 
 def _chunk(c: int, size: int, halo: int, target: int = _WALK_CHANNELS) -> int:
-    """Output channels per program: about target, and chunk + halo a multiple of size so the walk
-    (unrolled by size) wastes no step."""
-    q = -(-(min(c, target) + halo) // size)
+    """Output channels per program: the c channels split evenly into about c / target chunks, each
+    rounded up so that chunk + halo is a multiple of size (the walk, unrolled by size, wastes no step)."""
+    even = -(-c // max(1, round(c / target)))
+    q = -(-(even + halo) // size)
     return max(1, q * size - halo)
 
 
@@ -606,7 +650,8 @@ def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
         consts = _pool_constexprs(pool)
         warps = bc // 32
     cfg = Config(dict(SIZE=size, BETA=float(beta), POOL=pool is not None, TOH=1, TOW=tow, BR=br, BC=bc,
-                      CHUNK=chunk, BIG=needs_int64(x, y), **consts), num_warps=warps)
+                      CHUNK=chunk, BIG=needs_int64(x, y), IN_PLANE=pool is not None or h * w >= br * bc,
+                      **consts), num_warps=warps)
     launch("relu_lrn_fwd" if pool is None else "relu_lrn_max_pool2d_fwd", _lrn_fwd_walk_kernel,
            (n_cb * n_t * n,), (x, y, y if am is None else am, c, h, w, oh, ow, n_cb, n_t, n_tc,
                                alpha / size, k), cfg, x.device,
@@ -616,10 +661,12 @@ def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
 def launch_walk_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
     """relu_lrn (pool None) or relu_lrn_max_pool2d backward, NCHW; with pool, dy and am are pooled."""
     n, c, h, w = x.shape
-    chunk = _chunk(c, size, 2 * size - 2, 2 * _WALK_CHANNELS)
+    chunk = _chunk(c, size, 2 * size - 2, 3 * _WALK_CHANNELS)
     n_cb = triton.cdiv(c, chunk)
     if pool is None:
         bc, warps = _pixel_block(h * w)
+        if bc == 256 and x.dtype == torch.float32:  # 4 float32 pixels a thread over 2 warps: ptxas spills
+            warps = 4
         br, n_t, n_tc = 1, triton.cdiv(h * w, bc), 1
         consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0, OH_LO=0, NWH=1, OW_LO=0, NWW=1)
         oh, ow = h, w
@@ -633,7 +680,8 @@ def launch_walk_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
         consts = dict(**_pool_constexprs(pool), OH_LO=oh_lo, NWH=nwh, OW_LO=ow_lo, NWW=nww)
         warps = bc // 32
     cfg = Config(dict(SIZE=size, BETA=float(beta), POOL=pool is not None, BR=br, BC=bc, CHUNK=chunk,
-                      BIG=needs_int64(x, dy), **consts), num_warps=warps)
+                      BIG=needs_int64(x, dy), IN_PLANE=pool is not None or h * w >= br * bc, **consts),
+                 num_warps=warps)
     launch("relu_lrn_bwd" if pool is None else "relu_lrn_max_pool2d_bwd", _lrn_bwd_walk_kernel,
            (n_cb * n_t * n,), (x, dy, dx if am is None else am, dx, c, h, w, oh, ow, n_cb, n_t, n_tc,
                                alpha / size, k), cfg, x.device,
