@@ -661,7 +661,9 @@ def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
 def launch_walk_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
     """relu_lrn (pool None) or relu_lrn_max_pool2d backward, NCHW; with pool, dy and am are pooled."""
     n, c, h, w = x.shape
-    chunk = _chunk(c, size, 2 * size - 2, 3 * _WALK_CHANNELS)
+    # long chunks: each costs a halo of 2 * (size - 1) channels and three bound-checked groups; the price
+    # is fewer programs (AlexNet's conv2 LRN: 768 of 2 warps), for a GPU run to weigh
+    chunk = _chunk(c, size, 2 * size - 2, 4 * _WALK_CHANNELS)
     n_cb = triton.cdiv(c, chunk)
     if pool is None:
         bc, warps = _pixel_block(h * w)
