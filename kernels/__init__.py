@@ -21,6 +21,7 @@ from ._common import HAS_TRITON, INTERPRET, triton_disabled, use_triton
 from .augment import augment
 from .block import relu_lrn_max_pool2d
 from .dropout import dropout, relu_dropout
+from .fusion import disable_compile_fusion, enable_compile_fusion
 from .lrn import relu_lrn
 from .patch import PatchReport, patch
 from .pool import max_pool2d, relu_max_pool2d
@@ -37,6 +38,8 @@ __all__ = [
     "nn",
     "patch",
     "PatchReport",
+    "enable_compile_fusion",
+    "disable_compile_fusion",
     "triton_disabled",
     "use_triton",
     "HAS_TRITON",

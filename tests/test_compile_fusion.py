@@ -1,0 +1,132 @@
+"""kernels.enable_compile_fusion: torch.compile (Inductor) replaces the eager patterns with the fused ops,
+forward and backward. The evidence is the code Inductor generates (``run_and_get_code``), not the pattern
+matcher's counters (Inductor's own patterns count there too). Compiles are few and small (CPU Inductor
+builds C++); the ops take their CPU path (their kernels have their own tests)."""
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._inductor import config as inductor_config
+from torch._inductor.utils import run_and_get_code
+
+import kernels
+from alexnet.model import AlexNet, AlexNetConfig
+from tests._utils import Tol, assert_close_verbose
+
+# one set of configurations for every test: the patterns are traced once (lru_cache)
+LRN = ((5, 1e-4, 0.75, 2.0),)
+POOL = ((3, 2, 0, False), (3, 2, 0, True))
+TOL = Tol(atol=1e-6, rtol=1e-5, reason="float32: LRN's s^-beta and the gradient sums in another order")
+
+
+def fused_ops(code: list[str]) -> list[str]:
+    return sorted(set(re.findall(r"alexnet_triton\.(\w+)", "\n".join(code))))
+
+
+def patterns(x):
+    """Each pattern once: the fused block, ReLU -> LRN alone (a ReLU follows it), ReLU -> pool, a pool with
+    ceil_mode alone."""
+    a = F.max_pool2d(F.local_response_norm(F.relu(x), 5, 1e-4, 0.75, 2.0), 3, 2)  # (N, C, 6, 6)
+    b = F.local_response_norm(F.relu(2 * x), 5, 1e-4, 0.75, 2.0)
+    c = F.max_pool2d(F.relu(b), 3, 2)
+    d = F.max_pool2d(a, 3, 2, ceil_mode=True)  # 6x6 -> 3x3 (2x2 without ceil_mode)
+    return a.sum() + (c * c).sum() + (d * 3).sum()
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    torch._dynamo.reset()
+    previous = inductor_config.joint_custom_pre_pass
+    yield
+    inductor_config.joint_custom_pre_pass = previous
+    torch._dynamo.reset()
+
+
+def test_compile_finds_every_pattern_forward_and_backward():
+    x = torch.randn(2, 8, 13, 13)
+    xe = x.clone().requires_grad_()
+    patterns(xe).backward()
+    xc = x.clone().requires_grad_()
+    with kernels.enable_compile_fusion(lrn=LRN, pool=POOL), kernels.triton_disabled():
+        compiled = torch.compile(patterns, fullgraph=True)
+        out, code = run_and_get_code(lambda: compiled(xc).backward() or compiled(xc.detach()))
+    assert fused_ops(code) == ["max_pool2d", "max_pool2d_backward", "relu_lrn", "relu_lrn_backward",
+                               "relu_lrn_max_pool2d", "relu_lrn_max_pool2d_backward", "relu_max_pool2d",
+                               "relu_max_pool2d_backward"]
+    assert_close_verbose(out, patterns(x), TOL, name="forward")
+    assert_close_verbose(xc.grad, xe.grad, TOL, name="backward")
+
+
+def test_compile_fusion_in_inference_graphs_and_only_inside_the_block():
+    x = torch.randn(2, 8, 13, 13)
+    with torch.no_grad():
+        with kernels.enable_compile_fusion(lrn=LRN, pool=POOL) as fusion, kernels.triton_disabled():
+            out, code = run_and_get_code(torch.compile(patterns, fullgraph=True), x)
+            assert fusion.replaced == 4
+        assert fused_ops(code) == ["max_pool2d", "relu_lrn", "relu_lrn_max_pool2d", "relu_max_pool2d"]
+        assert inductor_config.joint_custom_pre_pass is None  # the context manager restored it
+        torch._dynamo.reset()
+        _, code = run_and_get_code(torch.compile(patterns, fullgraph=True), x)
+        assert fused_ops(code) == []  # Inductor's own code without the pass
+    assert_close_verbose(out, patterns(x), TOL, name="inference")
+
+
+def test_compiled_eager_alexnet_saves_what_the_fused_one_saves():
+    """ops="eager" (F.relu, F.local_response_norm, F.max_pool2d) compiled with the fusion: the fused block
+    after conv1 and conv2 and relu_max_pool2d after conv5 in Inductor's code, the fused model's logits,
+    and the same saved activations (dropout off)."""
+    cfg = AlexNetConfig(width=1 / 16, image_size=67, num_classes=10, dropout=0.0)
+    eager = AlexNet(cfg, ops="eager")
+    fused = AlexNet(cfg, ops="fused")
+    fused.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 67, 67)
+    with kernels.enable_compile_fusion(lrn=LRN, pool=POOL), kernels.triton_disabled():
+        compiled = torch.compile(eager, fullgraph=True)
+
+        def step():
+            logits = compiled(x)
+            logits.sum().backward()  # compiles the backward too
+            return logits.detach()
+
+        out, code = run_and_get_code(step)
+        assert fused_ops(code) == ["relu_lrn_max_pool2d", "relu_lrn_max_pool2d_backward", "relu_max_pool2d",
+                                   "relu_max_pool2d_backward"]
+        assert_close_verbose(out, fused(x), TOL, name="logits")
+        got, want = activations(compiled, x), activations(fused, x)
+    assert got == want, f"compiled eager saves {got}, fused saves {want}"
+
+
+def activations(model, x):
+    """Bytes saved for backward by a training forward, each storage once, leaving out parameters and
+    copies of them (Inductor's CPU convolution keeps a copy of each weight in its own layout for the
+    backward: a parameter, not an activation). Sorted (shape, dtype, bytes)."""
+    params = [p.detach() for p in model.parameters()]
+    own = {p.untyped_storage().data_ptr() for p in params}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        is_param_copy = any(t.shape == p.shape and torch.equal(t, p) for p in params)
+        if s.data_ptr() not in own and not is_param_copy:
+            seen[s.data_ptr()] = (tuple(t.shape), t.dtype, s.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sorted(seen.values(), key=str)
+
+
+def test_pass_uuid_and_enable_disable():
+    with kernels.enable_compile_fusion(lrn=LRN, pool=POOL) as a:
+        assert inductor_config.joint_custom_pre_pass is a
+        uuid = a.uuid()
+    assert inductor_config.joint_custom_pre_pass is None
+    kernels.enable_compile_fusion(lrn=LRN, pool=POOL)
+    assert inductor_config.joint_custom_pre_pass.uuid() == uuid  # stable: the compile cache stays valid
+    kernels.enable_compile_fusion(lrn=LRN, pool=POOL[:1])  # another configuration: another uuid
+    assert inductor_config.joint_custom_pre_pass.uuid() != uuid
+    assert inductor_config.joint_custom_pre_pass.previous is None  # replaced, not stacked
+    kernels.disable_compile_fusion()
+    assert inductor_config.joint_custom_pre_pass is None
