@@ -84,12 +84,24 @@ if triton is not None:
                 ok_i = (i >= 0) & (i < C)
             else:
                 ok_i = True
-            if BIG:
-                x_i = x_img + i.to(tl.int64) * HW
+            if POOL and MASKED:
+                # the channel clamped into [0, C) and the value zeroed after the load: with the pixels'
+                # offsets clamped into the plane, no load needs a mask (a select instead of a mask test
+                # and a zero fill per load)
+                i_ld = tl.minimum(tl.maximum(i, 0), C - 1)
             else:
-                x_i = x_img + i * HW
+                i_ld = i
+            if BIG:
+                x_i = x_img + i_ld.to(tl.int64) * HW
+            else:
+                x_i = x_img + i_ld * HW
             for p in tl.static_range(NPIX):
-                v = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
+                if POOL:
+                    v = _relu_up(tl.load(x_i + offs[p]))
+                    if MASKED:
+                        v = tl.where(ok_i, v, 0.0)
+                else:
+                    v = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
                 R = _put(R, p, _shift(R[p], v))
             c = i - HI  # its window [c - LO, c + HI] is in the rings now
             if MASKED:
@@ -110,16 +122,25 @@ if triton is not None:
                     for b in tl.static_range(TOW):
                         oh = pr * TOH + a
                         ow = pc * TOW + b
-                        best = zero - float("inf")
                         # PyTorch's rule: the first in-bounds position starts, a value wins when
                         # v > best or v is NaN; padding never wins
-                        arg = tl.maximum(PH - oh * SH, 0) * KW + tl.maximum(PW - ow * SW, 0)
+                        if PH == 0 and PW == 0:
+                            # no padding (and no ceil_mode): a stored output's window lies in the plane,
+                            # so no position needs a bounds test, and the first one starts as best
+                            best = vals[(a * SH) * V + b * SW]
+                            arg = tl.zeros_like(oh)
+                        else:
+                            best = zero - float("inf")
+                            arg = tl.maximum(PH - oh * SH, 0) * KW + tl.maximum(PW - ow * SW, 0)
                         for kh in tl.static_range(KH):
                             for kw in tl.static_range(KW):
-                                v = vals[(a * SH + kh) * V + (b * SW + kw)]
-                                take = inb[(a * SH + kh) * V + (b * SW + kw)] & ((v > best) | (v != v))
-                                best = tl.where(take, v, best)
-                                arg = tl.where(take, kh * KW + kw, arg)
+                                if PH != 0 or PW != 0 or kh != 0 or kw != 0:
+                                    v = vals[(a * SH + kh) * V + (b * SW + kw)]
+                                    take = (v > best) | (v != v)
+                                    if PH != 0 or PW != 0:
+                                        take = inb[(a * SH + kh) * V + (b * SW + kw)] & take
+                                    best = tl.where(take, v, best)
+                                    arg = tl.where(take, kh * KW + kw, arg)
                         o_off = cc * OHW + oh * OW + ow
                         o_ok = (oh < OH) & (ow < OW) & ok_c
                         tl.store(y_img + o_off, best.to(y_img.dtype.element_ty), mask=o_ok)
