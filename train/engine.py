@@ -133,6 +133,8 @@ def train_one_epoch(module, loader, optimizer, scaler, state: dict, cfg: dict, c
     and is updated after every step, so a checkpoint taken at any point resumes exactly.
     Returns "done", "max_steps" or "stopped".
     """
+    if state["step"] >= epoch_steps:    # resumed after the epoch's last step (before its evaluation)
+        return "done"
     module.train()
     bar = tqdm(total=epoch_steps, initial=state["step"], desc=f"epoch {state['epoch'] + 1}/{cfg['epochs']}",
                disable=not ctx.is_main or not cfg["progress"], leave=False, dynamic_ncols=True)

@@ -25,23 +25,31 @@ Every flag's default is the paper's value unless the help says otherwise.
 
 from __future__ import annotations
 
-import argparse
-import math
-import multiprocessing as mp
-import os
-import shutil
-import signal
-import sys
-import tempfile
-import time
+if __name__ == "__main__":   # a signal while torch loads (seconds): exit quietly, with the signal's code
+    import os as _os
+    import signal as _signal
 
-import torch
-from tqdm import tqdm
+    for _s in (_signal.SIGINT, _signal.SIGTERM):
+        if _signal.getsignal(_s) is not _signal.SIG_IGN:
+            _signal.signal(_s, lambda signum, frame: _os._exit(128 + signum))
 
-from alexnet.model import AlexNet, AlexNetConfig
-from alexnet.parallel import init_distributed, launch, parallelize
-from train import checkpoint, report
-from train.data import (
+import argparse  # noqa: E402
+import math  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from alexnet.launch import LaunchError, LaunchInterrupted  # noqa: E402
+from alexnet.model import AlexNet, AlexNetConfig  # noqa: E402
+from alexnet.parallel import init_distributed, launch, parallelize  # noqa: E402
+from train import checkpoint, report  # noqa: E402
+from train.data import (  # noqa: E402
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
     IMAGENET_MEAN,
@@ -56,7 +64,16 @@ from train.data import (
     scan_image_folders,
     train_statistics,
 )
-from train.engine import BadImage, DropOnPlateau, PaperSGD, StopFlag, all_sum, evaluate, train_one_epoch
+from train.engine import (  # noqa: E402
+    BadImage,
+    Diverged,
+    DropOnPlateau,
+    PaperSGD,
+    StopFlag,
+    all_sum,
+    evaluate,
+    train_one_epoch,
+)
 
 # Defaults that depend on the data: the built-in preset, and the paper's network for --data.
 PRESETS = {
@@ -73,6 +90,7 @@ DEFAULTS = dict(
     mean="imagenet", pca="imagenet", pca_std=0.1, ten_crop="final",
     max_steps=None, max_steps_per_epoch=None, train_limit=None, val_limit=None,
     skip_bad_images=False, log_every=0, progress=True,
+    lr_on_resume=None,   # --lr given with --resume: the learning rate from the resumed step on
 )
 
 
@@ -131,7 +149,8 @@ def parse_args(argv=None) -> dict:
     g.add_argument("--epochs", type=int, help=f"number of epochs ({q['epochs']}; built-in {b['epochs']})")
     g.add_argument("--batch-size", type=int, help=f"images per step and data rank ({q['batch_size']}; "
                                                   f"built-in {b['batch_size']})")
-    g.add_argument("--lr", type=float, help=f"initial learning rate ({q['lr']}; built-in {b['lr']})")
+    g.add_argument("--lr", type=float, help=f"initial learning rate ({q['lr']}; built-in {b['lr']}); with "
+                                            "--resume, the learning rate from there on")
     g.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
     g.add_argument("--weight-decay", type=float, help="weight decay (5e-4)")
     g.add_argument("--optimizer", choices=["paper", "torch"],
@@ -177,29 +196,51 @@ def resolve_config(given: dict) -> tuple[dict, dict | None]:
                 ckpt = checkpoint.load(path)
             except Exception as e:  # noqa: BLE001  (torch.load raises many kinds)
                 raise DataError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
+            checkpoint.check(ckpt, path)
+    given = dict(given)
     if ckpt is not None:
         cfg = dict(ckpt["config"])
-        for key in ("resume", "evaluate", "out", "max_steps"):   # where and how long this run goes
+        for key in ("resume", "evaluate", "out", "max_steps", "lr_on_resume"):   # this run's own
             cfg[key] = DEFAULTS[key]
+        for key in ("width", "image_size"):     # the checkpoint's network
+            flag = f"--{key.replace('_', '-')}"
+            if key in given and given[key] != cfg[key]:
+                raise DataError(f"{flag} {given[key]:g} differs from the checkpoint's {cfg[key]:g}: its "
+                                f"network can't change (leave {flag} out)")
+        if given.get("resume") and "lr" in given:   # the saved lr schedule goes on from the given rate
+            given["lr_on_resume"] = given.pop("lr")
+            _check(given["lr_on_resume"] > 0, "--lr must be positive", given["lr_on_resume"])
     else:
         cfg = DEFAULTS | PRESETS["paper" if given.get("data") else "builtin"]
     cfg |= given
-    for key in ("batch_size", "lr", "epochs", "image_size", "resize"):
-        if cfg[key] is None or cfg[key] <= 0:
-            raise DataError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
+    for key in ("batch_size", "lr", "epochs", "image_size", "resize", "width", "input_scale"):
+        _check(cfg[key] is not None and cfg[key] > 0, f"--{key.replace('_', '-')} must be positive", cfg[key])
     for key in ("train_limit", "val_limit", "max_steps", "max_steps_per_epoch"):
-        if cfg[key] is not None and cfg[key] <= 0:
-            raise DataError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
+        _check(cfg[key] is None or cfg[key] > 0, f"--{key.replace('_', '-')} must be positive", cfg[key])
+    for key in ("weight_decay", "pca_std", "workers", "log_every", "lr_drops"):
+        _check(cfg[key] >= 0, f"--{key.replace('_', '-')} must not be negative", cfg[key])
+    _check(cfg["patience"] >= 1, "--patience must be at least 1", cfg["patience"])
+    _check(0 <= cfg["momentum"] < 1, "--momentum must be in [0, 1)", cfg["momentum"])
     if cfg["image_size"] > cfg["resize"]:
         raise DataError(f"--image-size {cfg['image_size']} is larger than --resize {cfg['resize']}")
-    if not 0 <= cfg["dropout"] < 1:
-        raise DataError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
+    _check(0 <= cfg["dropout"] < 1, "--dropout must be in [0, 1)", cfg["dropout"])
+    try:        # the network's own limits: the smallest input, at least one channel per layer
+        AlexNetConfig(num_classes=2, image_size=cfg["image_size"], width=cfg["width"], dropout=cfg["dropout"],
+                      init=cfg["init"])
+    except ValueError as e:
+        raise DataError(f"--image-size {cfg['image_size']} / --width {cfg['width']:g}: {e}") from None
     under_torchrun = "WORLD_SIZE" in os.environ
     if torch.cuda.is_available() and not under_torchrun and cfg["gpus"] > torch.cuda.device_count():
         raise DataError(f"--gpus {cfg['gpus']} but only {torch.cuda.device_count()} CUDA device(s) available")
     if cfg["precision"] != "fp32" and not torch.cuda.is_available():
         raise DataError(f"--precision {cfg['precision']} needs a CUDA GPU (autocast on GPU); on CPU use fp32")
     return cfg, ckpt
+
+
+def _check(ok: bool, message: str, value) -> None:
+    """Flags: ``ok`` must hold and a number must be finite (nan and inf pass no comparison test alone)."""
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        raise DataError(f"{message}, got {value}")
 
 
 def preset_line(cfg: dict) -> str:
@@ -285,22 +326,32 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
                             f"({len(classes)})")
         try:
             checkpoint.restore(ckpt, module, optimizer, scheduler, scaler, ctx)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError, KeyError) as e:
             raise DataError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
         state, history = dict(ckpt["state"]), list(ckpt["history"])
+        if cfg["lr_on_resume"] is not None:
+            log(f"learning rate {optimizer.param_groups[0]['lr']:g} -> {cfg['lr_on_resume']:g} (--lr)")
+            for group in optimizer.param_groups:
+                group["lr"] = cfg["lr_on_resume"]
 
     if cfg["evaluate"]:
         loader = make_loader(val_samples, pre.ten_crop, cfg, ctx, 0, False, max(1, cfg["batch_size"] // 5))
-        res = evaluate(module, loader, ctx, cfg, True, state["skipped"], log)
+        try:
+            res = evaluate(module, loader, ctx, cfg, True, state["skipped"], log)
+        except BadImage as e:
+            raise DataError(f"unreadable image: {e.path} (pass --skip-bad-images to skip such files)") \
+                from None
         log(f"evaluated {cfg['evaluate']} on {res['val_images']} images of {cfg['data_root']}/val: "
             + report.errors_text(res))
-        return "done"
+        return "done", 0
 
-    if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
+    last, best = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    if ctx.is_main:   # (the folder is locked for this process: _claim)
+        resume_file = checkpoint.resolve(cfg["resume"]) if cfg["resume"] else None
+        if resume_file and _at_best_epoch(state, history) and not _same_file(resume_file, best):
+            report.link_atomic(resume_file, best)   # a kill between saving last.pt and best.pt: redo best.pt
         report.write_config(run_dir, cfg)
         report.write_metrics(run_dir, history)  # a resumed run drops rows written after its checkpoint
-    last, best = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     save = lambda path: checkpoint.save(path, module, optimizer, scheduler, scaler, state, history, cfg, ctx,
                                         classes)
     if ckpt is not None:
@@ -319,10 +370,9 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
                 status = train_one_epoch(module, loader, optimizer, scaler, state, cfg, ctx, stop,
                                          epoch_steps, log)
             except BadImage as e:
-                if ctx.dp_size == 1:
-                    save(last)
-                raise DataError(f"unreadable image: {e.path} (pass --skip-bad-images to skip such files; "
-                                f"--resume {run_dir} continues from before it)") from None
+                raise _bad_image(e, save, last, ctx, run_dir) from None
+            except Diverged as e:
+                raise _diverged(e, last) from None
             if status != "done":
                 break
             # evaluate: the centre crop every epoch, the 10 crops (5x the time) when asked
@@ -333,7 +383,13 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
                                          max(1, cfg["batch_size"] // 5))
             else:
                 val_loader = make_loader(val_samples, pre.centre, cfg, ctx, 0, False, cfg["batch_size"])
-            res = evaluate(module, val_loader, ctx, cfg, ten, state["skipped"], log)
+            try:
+                res = evaluate(module, val_loader, ctx, cfg, ten, state["skipped"], log, stop)
+            except BadImage as e:   # the epoch's training is kept: a resume evaluates it again
+                raise _bad_image(e, save, last, ctx, run_dir) from None
+            if res is None:         # stopped during the evaluation: the same
+                status = "stopped"
+                break
             train_sums = all_sum([state["loss_sum"], state["images"]], ctx)
             row = dict(epoch=state["epoch"] + 1, train_loss=train_sums[0] / max(train_sums[1], 1),
                        val_top1_error=res["val_top1_error"], val_top5_error=res["val_top5_error"],
@@ -348,11 +404,13 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
                 log(f"val top-1 error stopped improving: learning rate divided by 10, now "
                     f"{optimizer.param_groups[0]['lr']:.0e}")
             state.update(epoch=state["epoch"] + 1, step=0, loss_sum=0.0, images=0, seconds=0.0)
-            save(last)
-            if ctx.is_main:
+            try:
+                save(last)
+            except Diverged as e:
+                raise _diverged(e, last) from None
+            if ctx.is_main:   # (a kill before best.pt is replaced: the resume replaces it, see above)
                 if is_best:
-                    shutil.copyfile(last, f"{best}.tmp")
-                    os.replace(f"{best}.tmp", best)
+                    report.link_atomic(last, best)
                 report.write_metrics(run_dir, history)
                 report.plot(run_dir, history)
             if stop.agreed(ctx):
@@ -369,21 +427,52 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
         log(f"skipped {len(state['skipped'])} unreadable image(s)")
     if history and status == "done":
         log(report.summary_line(history, time.perf_counter() - t_start, run_dir))
-    return status
+    return status, 128 + stop.signum if status == "stopped" else 0
 
 
-def _spawned(cfg: dict, classes: list, train_samples: list, val_samples: list, status_dir: str) -> None:
-    """Entry of each launched process: errors and interruptions go back to the parent through files."""
-    rank = int(os.environ.get("RANK", "0"))
-    try:
-        status = worker(cfg, classes, train_samples, val_samples)
-    except DataError as e:
-        with open(os.path.join(status_dir, f"error.{rank}"), "w") as f:
-            f.write(str(e))
-        sys.exit(2)
-    if rank == 0:
-        with open(os.path.join(status_dir, "status"), "w") as f:
-            f.write(status)
+def _at_best_epoch(state: dict, history: list) -> bool:
+    """Whether the weights of this state are those of the run's best epoch so far (what best.pt holds)."""
+    return (state["step"] == 0 and bool(history) and history[-1]["epoch"] == state["epoch"]
+            and history[-1]["val_top1_error"] <= min(r["val_top1_error"] for r in history))
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.exists(b) and os.path.samefile(a, b)
+
+
+def _bad_image(e: BadImage, save, last: str, ctx, run_dir: str) -> DataError:
+    """Save what the run has (with data parallelism another rank may be elsewhere: keep the last save)."""
+    kept = ""
+    if ctx.dp_size == 1:
+        save(last)
+        kept = f"; --resume {run_dir} continues from before it"
+    return DataError(f"unreadable image: {e.path} (pass --skip-bad-images to skip such files{kept})")
+
+
+def _diverged(e: Diverged, last: str) -> DataError:
+    kept = (f"{last} holds the last finite state" if os.path.exists(last) else "no checkpoint was saved")
+    return DataError(f"{e}; {kept} (a lower --lr may help; nothing non-finite was saved)")
+
+
+def _new_run(cfg: dict) -> bool:
+    """Whether this run starts a run folder (rather than continuing the one its checkpoint is in)."""
+    if not cfg["resume"]:
+        return True
+    folder = os.path.dirname(checkpoint.resolve(cfg["resume"]))
+    return os.path.realpath(folder) != os.path.realpath(cfg["out"])
+
+
+def _claim(cfg: dict) -> int | None:
+    """Lock the run folder for this process if it writes it (the main process of a training run)."""
+    if cfg["evaluate"] or os.environ.get("RANK", "0") != "0":
+        return None
+    return report.claim(cfg["out"], new=_new_run(cfg))
+
+
+def _spawned(cfg: dict, classes: list, train_samples: list, val_samples: list) -> tuple[str, int]:
+    """Entry of each launched process: its result or its DataError goes back to the launcher."""
+    _claim(cfg)     # held until this process ends
+    return worker(cfg, classes, train_samples, val_samples)
 
 
 def main(argv=None) -> int:
@@ -392,6 +481,7 @@ def main(argv=None) -> int:
     except SystemExit as e:    # --help, or a flag argparse rejected (one line, exit code 2)
         return e.code
     show = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)   # torchrun: rank 0 talks
+    old = _signals_interrupt()
     try:
         cfg, ckpt = resolve_config(given)
         show(preset_line(cfg), flush=True)
@@ -399,41 +489,70 @@ def main(argv=None) -> int:
         if cfg["evaluate"] is None:
             cfg["out"] = cfg["out"] or (os.path.dirname(checkpoint.resolve(cfg["resume"])) if cfg["resume"]
                                         else new_run_dir())
-            if not cfg["resume"] and os.path.exists(os.path.join(cfg["out"], "last.pt")):
-                raise DataError(f"{cfg['out']} already holds a run: continue it with --resume {cfg['out']} "
-                                f"or choose another --out")
+            report.check_out(cfg["out"], new=_new_run(cfg))
         under_torchrun = "WORLD_SIZE" in os.environ
         if cfg["gpus"] == 1 or under_torchrun:
-            status = worker(cfg, classes, train_samples, val_samples)
+            lock = _claim(cfg)
+            try:
+                status, code = worker(cfg, classes, train_samples, val_samples)
+            finally:
+                if lock is not None:
+                    os.close(lock)
         else:
-            status = launch_towers(cfg, classes, train_samples, val_samples)
+            status, code = launch_towers(cfg, classes, train_samples, val_samples)
     except DataError as e:
         show(f"train.run: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:   # before training started, or a second Ctrl-C: nothing more to save
         show("train.run: interrupted", file=sys.stderr)
-        return 130
-    return 130 if status == "stopped" else 0
+        return 128 + getattr(e, "signum", signal.SIGINT)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return code
 
 
-def launch_towers(cfg, classes, train_samples, val_samples) -> str:
-    """--gpus 2 outside torchrun: one process per tower, with the project's launcher."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM outside the training loop: handled like Ctrl-C, with its own exit code (143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _signals_interrupt() -> dict:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM ``Interrupted`` (the training loop catches both to stop
+    at a step boundary and save). Returns the handlers to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted)}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    return old
+
+
+def launch_towers(cfg, classes, train_samples, val_samples) -> tuple[str, int]:
+    """--gpus 2 outside torchrun: one process per tower, with the project's launcher. Ctrl-C and SIGTERM
+    to this process reach the ranks as one SIGTERM (they stop at a step boundary and save); a second
+    Ctrl-C ends them at once."""
     if not torch.cuda.is_available():
         print("no CUDA GPU: --gpus 2 runs the two towers as two CPU processes over gloo", flush=True)
-    with tempfile.TemporaryDirectory() as status_dir:
-        old = signal.signal(signal.SIGINT, lambda *a: None)   # Ctrl-C: the ranks save, then exit
-        try:
-            launch(_spawned, 2, args=(cfg, classes, train_samples, val_samples, status_dir))
-        except Exception:
-            errors = sorted(f for f in os.listdir(status_dir) if f.startswith("error."))
-            if errors:     # a bad input that a rank found: one line, as in one process
-                with open(os.path.join(status_dir, errors[0])) as f:
-                    raise DataError(f.read()) from None
-            raise          # anything else: the launcher's report with the failing rank's traceback
-        finally:
-            signal.signal(signal.SIGINT, old)
-        with open(os.path.join(status_dir, "status")) as f:
-            return f.read()
+    try:
+        results = launch(_spawned, 2, args=(cfg, classes, train_samples, val_samples))
+    except LaunchError as e:
+        for f in e.failures:
+            if isinstance(f.exception, DataError):   # a bad input a rank found: one line, as in one process
+                raise DataError(str(f.exception)) from None
+        raise          # anything else: the launcher's report with the failing rank's traceback
+    except LaunchInterrupted as e:
+        if e.results[0] is None:   # interrupted before the ranks could stop cleanly
+            raise
+        return e.results[0][0], 128 + e.signum
+    return results[0]
 
 
 def new_run_dir() -> str:
