@@ -300,6 +300,23 @@ def test_dropout_stream_is_word_i_mod_4_of_philox_at_counter_i_div_4(path, op_na
     assert torch.equal(out != 0, expected), f"position: {int((out != 0).ne(expected).sum())} elements differ"
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
+def test_dropout_threshold_is_exact_at_the_boundary(path, op_name):
+    """An element whose word sits exactly on the threshold is kept, one just below it is dropped: p is
+    chosen from the element's own Philox word (p = h / 2^31 with h = word >> 1), so a threshold off by
+    one in either direction changes that element's decision."""
+    seed, n = 1234, 16
+    words = [philox4x32_10((q, 0, 0, 0), (seed, 0))[j] >> 1 for q in range(n // 4) for j in range(4)]
+    g = max(range(n), key=lambda i: words[i] if words[i] < 2**31 - 1 else -1)  # a word < 2^31 - 1
+    h = words[g]
+    for p, kept in ((h / 2.0**31, True), ((h + 1) / 2.0**31, False)):
+        out, _ = run(path, op_name, torch.ones(n), p, seed=seed)
+        assert bool(out[g] != 0) == kept, f"p = {p!r}: element {g} (word >> 1 = {h}) kept={bool(out[g] != 0)}"
+        expected = torch.tensor([w >= round(p * 2.0**31) for w in words])
+        assert torch.equal(out != 0, expected)
+
+
 def run_position(path, op_name, x, p, seed, position):
     with on_path(path):
         return OPS[op_name](x, p, True, seed, position=position)
