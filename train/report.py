@@ -14,7 +14,6 @@ import fcntl
 import json
 import math
 import os
-import shutil
 
 from train.data import DataError
 
@@ -68,23 +67,14 @@ def write_atomic(path: str, write) -> None:
         raise
 
 
-def link_atomic(src: str, path: str) -> None:
-    """``path`` becomes a copy of ``src`` (a hard link where the file system has them: instant, no space)."""
-    tmp = f"{path}.tmp"
-    try:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise DataError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
+def copy_atomic(src: str, path: str) -> None:
+    """``path`` becomes a copy of ``src``, as ``write_atomic`` writes (a copy, not a hard link: a later
+    in-place write to one file must not change the other)."""
+    def copy(f):
+        with open(src, "rb") as s:
+            while chunk := s.read(1 << 24):
+                f.write(chunk)
+    write_atomic(path, copy)
 
 
 def _json_safe(value):

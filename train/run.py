@@ -349,7 +349,7 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
     if ctx.is_main:   # (the folder is locked for this process: _claim)
         resume_file = checkpoint.resolve(cfg["resume"]) if cfg["resume"] else None
         if resume_file and _at_best_epoch(state, history) and not _same_file(resume_file, best):
-            report.link_atomic(resume_file, best)   # a kill between saving last.pt and best.pt: redo best.pt
+            report.copy_atomic(resume_file, best)   # a kill between saving last.pt and best.pt: redo best.pt
         report.write_config(run_dir, cfg)
         report.write_metrics(run_dir, history)  # a resumed run drops rows written after its checkpoint
     save = lambda path: checkpoint.save(path, module, optimizer, scheduler, scaler, state, history, cfg, ctx,
@@ -410,7 +410,7 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
                 raise _diverged(e, last) from None
             if ctx.is_main:   # (a kill before best.pt is replaced: the resume replaces it, see above)
                 if is_best:
-                    report.link_atomic(last, best)
+                    report.copy_atomic(last, best)
                 report.write_metrics(run_dir, history)
                 report.plot(run_dir, history)
             if stop.agreed(ctx):
