@@ -16,7 +16,7 @@ so the compile cache stays valid.
 
 The scalars of a pattern are part of it: LRN's beta appears in the backward as beta - 1 and the like, so
 one pattern is traced per configuration (``lrn``: (size, alpha, beta, k); ``pool``: (kernel, stride,
-padding, ceil_mode)) and per dtype. A call with other arguments is left to Inductor, as is ``ceil_mode``
+padding, ceil_mode)). A call with other arguments is left to Inductor, as is ``ceil_mode``
 in the fused block (``relu_lrn_max_pool2d`` does not take it) and any intermediate that is also used
 elsewhere (the matcher checks that). Dropout is not matched: its mask comes from Inductor's random
 numbers, and the fused op's Philox stream is another one (use ``kernels.nn`` or ``kernels.patch``).
@@ -86,9 +86,11 @@ def _patterns(lrn_configs, pool_configs):
 
 
 @functools.lru_cache(maxsize=8)
-def _pattern_passes(lrn_configs, pool_configs, dtypes):
+def _pattern_passes(lrn_configs, pool_configs):
     """PatternMatcherPasses, one per list of ``_patterns``, each pattern traced for training and for
     inference graphs."""
+    import inspect
+
     from torch._inductor.pattern_matcher import (
         PatternMatcherPass,
         fwd_only,
@@ -96,16 +98,17 @@ def _pattern_passes(lrn_configs, pool_configs, dtypes):
         register_replacement,
     )
 
+    named = "pattern_name" in inspect.signature(register_replacement).parameters  # not in torch 2.11
     passes = []
     for level in _patterns(lrn_configs, pool_configs):
         patterns = PatternMatcherPass(pass_name=f"alexnet_triton_fusion_{len(passes)}")
         for name, search, replace in level:
-            for dtype in dtypes:
-                # a few channels and an odd plane: the example's sizes are not part of the pattern
-                x = torch.empty(2, 8, 9, 9, dtype=dtype)
-                for trace, example in ((joint_fwd_bwd, x.requires_grad_()), (fwd_only, x.detach())):
-                    register_replacement(search, replace, [example], trace, patterns,
-                                         pattern_name=f"{name}_{trace.__name__}_{dtype}")
+            # meta tensors: traced without running anything. The example's sizes and dtype are not part of
+            # the pattern (a match is traced again with the graph's own shapes and dtype and checked)
+            x = torch.empty(2, 8, 9, 9, device="meta")
+            for trace, example in ((joint_fwd_bwd, x.requires_grad_()), (fwd_only, x.detach())):
+                register_replacement(search, replace, [example], trace, patterns,
+                                     **(dict(pattern_name=f"{name}_{trace.__name__}") if named else {}))
         passes.append(patterns)
     return passes
 
@@ -130,8 +133,8 @@ class FusionPass(_custom_graph_pass_base()):
     backward node is inserted at its forward's place). Runs ``previous`` (a pass that was installed before
     this one) first."""
 
-    def __init__(self, lrn_configs, pool_configs, dtypes, previous=None):
-        self.configs = (tuple(map(tuple, lrn_configs)), tuple(map(tuple, pool_configs)), tuple(dtypes))
+    def __init__(self, lrn_configs, pool_configs, previous=None):
+        self.configs = (tuple(map(tuple, lrn_configs)), tuple(map(tuple, pool_configs)))
         self.previous = previous
         self.replaced = 0  # replacements made by this pass so far (for tests and curiosity)
 
@@ -164,16 +167,16 @@ class enable_compile_fusion:  # noqa: N801 - a function to its callers, a class 
         with kernels.enable_compile_fusion(): ...
 
     ``lrn`` and ``pool``: the (size, alpha, beta, k) and (kernel, stride, padding, ceil_mode)
-    configurations to match (the defaults cover AlexNet, Caffe's AlexNet, GoogLeNet's and VGG's pools);
-    ``dtypes``: the input dtypes to match. Patterns are traced once per configuration, about 0.1 s each.
+    configurations to match (the defaults cover AlexNet, Caffe's AlexNet, GoogLeNet's and VGG's pools).
+    Patterns are traced once per configuration (about 0.1 s each).
     Already compiled functions keep their code (``torch._dynamo.reset()`` to recompile)."""
 
-    def __init__(self, lrn=LRN_CONFIGS, pool=POOL_CONFIGS, dtypes=(torch.float32,)):
+    def __init__(self, lrn=LRN_CONFIGS, pool=POOL_CONFIGS):
         from torch._inductor import config
 
         self._previous = config.joint_custom_pre_pass
         previous = self._previous.previous if isinstance(self._previous, FusionPass) else self._previous
-        self.fusion_pass = FusionPass(lrn, pool, dtypes, previous)
+        self.fusion_pass = FusionPass(lrn, pool, previous)
         _pattern_passes(*self.fusion_pass.configs)  # trace now: errors here, not inside a compile
         config.joint_custom_pre_pass = self.fusion_pass
 
