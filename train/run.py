@@ -348,7 +348,7 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
     last, best = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     if ctx.is_main:   # (the folder is locked for this process: _claim)
         resume_file = checkpoint.resolve(cfg["resume"]) if cfg["resume"] else None
-        if resume_file and _at_best_epoch(state, history) and not _same_file(resume_file, best):
+        if resume_file and _at_best_epoch(state, history) and not _holds(best, state):
             report.copy_atomic(resume_file, best)   # a kill between saving last.pt and best.pt: redo best.pt
         report.write_config(run_dir, cfg)
         report.write_metrics(run_dir, history)  # a resumed run drops rows written after its checkpoint
@@ -436,8 +436,14 @@ def _at_best_epoch(state: dict, history: list) -> bool:
             and history[-1]["val_top1_error"] <= min(r["val_top1_error"] for r in history))
 
 
-def _same_file(a: str, b: str) -> bool:
-    return os.path.exists(b) and os.path.samefile(a, b)
+def _holds(path: str, state: dict) -> bool:
+    """Whether the checkpoint at ``path`` was saved at this state's step (read without loading tensors)."""
+    try:
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)["state"]
+    except Exception:  # noqa: BLE001  (missing, truncated, not a checkpoint: not the one wanted)
+        return False
+    return (saved["epoch"], saved["step"], saved["global_step"]) == \
+        (state["epoch"], state["step"], state["global_step"])
 
 
 def _bad_image(e: BadImage, save, last: str, ctx, run_dir: str) -> DataError:
