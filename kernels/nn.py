@@ -82,8 +82,8 @@ class ReLUMaxPool2d(MaxPool2d):
 class ReLULocalResponseNormMaxPool2d(nn.Module):
     """``nn.MaxPool2d(kernel_size, stride, padding)(nn.LocalResponseNorm(size, alpha, beta, k)(relu(x)))``
     in one kernel each way (AlexNet's block after conv1 and conv2); saves its input and one byte per
-    pooled output. With ``ceil_mode=True`` it runs ``relu_lrn`` then ``max_pool2d`` (the same values; the
-    fused block does not take ceil_mode yet, so relu_lrn's output is kept too)."""
+    pooled output. With ``ceil_mode=True`` it runs ``relu_lrn`` then ``max_pool2d`` (the same values and saved
+    bytes, one more pass over memory: the fused block does not take ceil_mode yet)."""
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, kernel_size=3,
                  stride=None, padding=0, dilation=1, ceil_mode: bool = False):
