@@ -89,7 +89,7 @@ DEFAULTS = dict(
     momentum=0.9, weight_decay=5e-4, lr_drops=3, optimizer="paper", dropout=0.5,
     mean="imagenet", pca="imagenet", pca_std=0.1, ten_crop="final",
     max_steps=None, max_steps_per_epoch=None, train_limit=None, val_limit=None,
-    skip_bad_images=False, log_every=0, progress=True,
+    skip_bad_images=False, log_every=0, progress=True, compile=False, channels_last=False,
     lr_on_resume=None,   # --lr given with --resume: the learning rate from the resumed step on
 )
 
@@ -166,6 +166,10 @@ def parse_args(argv=None) -> dict:
     g.add_argument("--gpus", type=int, choices=[1, 2], help="2: the two towers on two devices, one process "
                                                             "each; without CUDA, two CPU processes (1)")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast on CUDA (fp32)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (Inductor), with either "
+                                                          "--ops; the first steps compile (off)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="weights, and so activations, in channels_last memory format (off)")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run folder (default: runs/<timestamp>, or the resumed run's folder)")
     g.add_argument("--resume", help="checkpoint or run folder to continue exactly from")
@@ -250,7 +254,8 @@ def preset_line(cfg: dict) -> str:
         what = ("built-in shapes dataset (10 classes) with a preset scaled down from the paper's 227x227, "
                 "width 1.0, N(0, 0.01)-init network (that init stays at chance at this size)")
     return (f"{what}: {preset_text(cfg)}, ops {cfg['ops']}, {cfg['gpus']} device(s), {cfg['precision']}, "
-            f"seed {cfg['seed']}")
+            f"seed {cfg['seed']}" + ", torch.compile" * bool(cfg.get("compile"))
+            + ", channels_last" * bool(cfg.get("channels_last")))
 
 
 def prepare_data(cfg: dict, log) -> tuple[list, list, list]:
@@ -310,7 +315,12 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
     torch.manual_seed(cfg["seed"])
     model_cfg = AlexNetConfig(num_classes=len(classes), image_size=cfg["image_size"], width=cfg["width"],
                               dropout=cfg["dropout"], init=cfg["init"])
-    module = parallelize(AlexNet(model_cfg, ops=cfg["ops"]).to(ctx.device), ctx)
+    model = AlexNet(model_cfg, ops=cfg["ops"]).to(ctx.device)
+    if cfg.get("channels_last"):  # the convolutions' outputs follow their weights' layout
+        model = model.to(memory_format=torch.channels_last)
+    module = parallelize(model, ctx)
+    if cfg.get("compile"):
+        module.compile()  # in place: the state dict keeps its keys, checkpoints load either way
     opt_cls = PaperSGD if cfg["optimizer"] == "paper" else torch.optim.SGD
     optimizer = opt_cls(module.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                         weight_decay=cfg["weight_decay"])
