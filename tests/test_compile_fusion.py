@@ -130,3 +130,20 @@ def test_pass_uuid_and_enable_disable():
     assert inductor_config.joint_custom_pre_pass.previous is None  # replaced, not stacked
     kernels.disable_compile_fusion()
     assert inductor_config.joint_custom_pre_pass is None
+
+
+def test_train_run_compile_and_channels_last_flags(capsys):
+    """python -m train.run --compile --channels-last: in --help, in the resolved config (config.json), and
+    off by default."""
+    from train import run
+
+    default, _ = run.resolve_config(run.parse_args([]))
+    assert (default["compile"], default["channels_last"]) == (False, False)
+    assert "torch.compile" not in run.preset_line(default)
+    cfg, _ = run.resolve_config(run.parse_args(["--compile", "--channels-last"]))
+    assert (cfg["compile"], cfg["channels_last"]) == (True, True)
+    assert "torch.compile, channels_last" in run.preset_line(cfg)
+    with pytest.raises(SystemExit):
+        run.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--compile" in help_text and "--channels-last" in help_text
