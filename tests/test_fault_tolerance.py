@@ -214,7 +214,7 @@ def test_gpus2_ctrl_c_while_the_ranks_start_exits_at_once(tiny_data, tmp_path, r
     rng = random.Random(12)
     for i in range(2):
         out = tmp_path / f"run{i}"
-        r = start(runs, tmp_path, "--data", tiny_data, "--gpus", 2, "--epochs", 1, "--out", out)
+        r = start(runs, tmp_path, "--data", tiny_data, "--gpus", 2, "--epochs", 1000, "--out", out)
         r.wait_for("no CUDA GPU: --gpus 2")          # printed just before the ranks are started
         time.sleep(rng.uniform(0.0, 2.0))
         os.killpg(r.proc.pid, signal.SIGINT)
@@ -270,7 +270,7 @@ def test_ctrl_c_in_the_first_seconds_is_one_line(tiny_data, tmp_path, runs):
     rng = random.Random(9)
     for i in range(2):
         r = start(runs, tmp_path, "--data", tiny_data, "--epochs", 1, "--out", tmp_path / f"run{i}")
-        time.sleep(rng.uniform(0.3, 2.5))
+        time.sleep(rng.uniform(0.5, 2.5))   # (from when run.py starts: Python's own start-up is not ours)
         os.killpg(r.proc.pid, signal.SIGINT)
         rc = r.finish(timeout=40)
         assert rc in (0, 130), (rc, r.err)
@@ -514,7 +514,7 @@ def test_stale_temporary_folders_of_killed_processes_are_removed(tmp_path, monke
     cache = tmp_path / "cache"
     name = "shapes-v1-70px-2x1"
     cache.mkdir()
-    stale = cache / f"{name}.tmp-{socket.gethostname()}-{dead.pid}"
+    stale = cache / f"shapes-v1-112px-500x50.tmp-{socket.gethostname()}-{dead.pid}"
     live = cache / f"{name}.tmp-{socket.gethostname()}-{os.getppid()}"     # its process runs: kept
     (stale / "train").mkdir(parents=True)
     live.mkdir()
@@ -527,3 +527,30 @@ def test_stale_temporary_folders_of_killed_processes_are_removed(tmp_path, monke
     _remove_stale_dirs()
     assert [p for p in os.listdir(tmp_path) if p.startswith("alexnet-launch-")] == \
         [f"alexnet-launch-{os.getpid()}-abc"]
+
+
+def test_killed_dataset_generation_leaves_no_process_and_its_folder_goes(tmp_path):
+    """Issue 12.11: a killed generation left a ~39 MB temporary folder in the cache for good (and its pool
+    workers drew on)."""
+    mark, cache = uuid.uuid4().hex, tmp_path / "cache"
+    code = ("from train.data import make_builtin_dataset; make_builtin_dataset("
+            f"{str(cache)!r}, size=112, train_per_class=100, val_per_class=10, processes=2)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, **{MARK: mark}))
+    try:
+        deadline = time.monotonic() + 60
+        while not (cache.exists() and [p for p in os.listdir(cache) if ".tmp-" in p]):
+            assert time.monotonic() < deadline and proc.poll() is None, "the generation did not start"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.kill()
+        proc.wait(timeout=10)
+        left = wait_until_gone(mark, timeout=20)
+        assert not left, f"pool workers left running: {left}"
+    finally:
+        for pid in marked_pids(mark):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    assert [p for p in os.listdir(cache) if ".tmp-" in p]          # what kill -9 leaves ...
+    data.make_builtin_dataset(str(cache), size=70, train_per_class=2, val_per_class=1, processes=1)
+    assert sorted(os.listdir(cache)) == ["shapes-v1-70px-2x1"]      # ... the next generation removes

@@ -150,8 +150,8 @@ def draw_image(cls_index: int, size: int, seed: int) -> Image.Image:
 
 def _write_images(jobs: list[tuple[str, int, int, int]], parent: int | None = None) -> None:
     for path, cls_index, size, seed in jobs:
-        if parent is not None and os.getppid() != parent:   # the generating process died: stop too
-            return
+        if parent is not None and os.getppid() != parent:   # the generating process died: end too
+            os._exit(1)
         draw_image(cls_index, size, seed).save(path, quality=90)
 
 
@@ -159,11 +159,11 @@ def _pool_worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent, which removes the folder
 
 
-def _remove_stale_tmp(cache_dir: str, name: str) -> None:
+def _remove_stale_tmp(cache_dir: str) -> None:
     """Temporary folders of generations on this machine whose process no longer runs (killed -9)."""
     host = socket.gethostname()
     for entry in os.listdir(cache_dir):
-        m = re.fullmatch(re.escape(name) + r"\.tmp-(.+)-(\d+)", entry)
+        m = re.fullmatch(r"shapes-.+\.tmp-(.+)-(\d+)", entry)
         if m and m[1] == host and not _alive(int(m[2])):
             shutil.rmtree(os.path.join(cache_dir, entry), ignore_errors=True)
 
@@ -192,7 +192,7 @@ def make_builtin_dataset(cache_dir: str, size: int = 112, train_per_class: int =
     if os.path.isdir(root):
         return root, False
     os.makedirs(cache_dir, exist_ok=True)
-    _remove_stale_tmp(cache_dir, name)
+    _remove_stale_tmp(cache_dir)
     tmp = f"{root}.tmp-{socket.gethostname()}-{os.getpid()}"
     jobs = []
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
