@@ -37,6 +37,56 @@ def git_commit() -> str | None:
         return None
 
 
+SOURCE_DIRS = ("kernels", "alexnet", "train", "bench", "tests")
+PREPARED = REPO / ".gpu_prepared.json"  # written here by `bash bench/gpu_check.sh --prepare`; travels
+
+
+def source_fingerprint(dirs=SOURCE_DIRS, root: Path = REPO) -> str:
+    """sha256 over the .py files under ``dirs`` (relative paths and contents): equal fingerprints mean the
+    same code, with or without git (a GPU machine gets the working tree but no .git)."""
+    import hashlib
+    h = hashlib.sha256()
+    for d in dirs:
+        for path in sorted((root / d).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def commit_info() -> dict:
+    """Which code ran: git's commit where git works; else .git/HEAD read directly; else what
+    ``--prepare`` wrote before the tree was sent (with a check that the sources are still those)."""
+    import json
+    info: dict = {"git_commit": git_commit(), "kernels_sha256": source_fingerprint(("kernels",)),
+                  "sources_sha256": source_fingerprint()}
+    if info["git_commit"] is None:
+        head = REPO / ".git" / "HEAD"
+        try:
+            ref = head.read_text().strip()
+            if ref.startswith("ref: "):
+                name = ref[5:]
+                path = REPO / ".git" / name
+                if path.exists():
+                    ref = path.read_text().strip()
+                else:
+                    packed = (REPO / ".git" / "packed-refs").read_text().splitlines()
+                    ref = next(line.split()[0] for line in packed if line.endswith(" " + name))
+            info["git_commit"] = ref + " (read from .git, dirty state unknown)"
+        except (OSError, StopIteration):
+            pass
+    if PREPARED.exists():
+        try:
+            prep = json.loads(PREPARED.read_text())
+            info["prepared"] = prep
+            info["sources_match_prepared"] = prep.get("sources_sha256") == info["sources_sha256"]
+            if info["git_commit"] is None:
+                info["git_commit"] = prep.get("git_commit")
+        except (OSError, ValueError) as exc:
+            info["prepared_error"] = repr(exc)
+    return info
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -66,7 +116,7 @@ def env_info(device: torch.device) -> dict:
         "triton": triton_version,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "git_commit": git_commit(),
+        "git_commit": git_commit() or commit_info().get("git_commit"),
         "cpu_threads": torch.get_num_threads(),
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
     }

@@ -17,6 +17,7 @@ than needed shows as a lower percentage of the device's copy bandwidth, measured
                          bwd: read x, read dy, write dx           3Xe   (s and y recomputed from x)
     max_pool2d           fwd: read x, write y, write argmax       Xe + Ye + Y   (1-byte window index)
                          bwd: read dy, read argmax, write dx      Ye + Y + Xe
+    relu_max_pool2d      as max_pool2d (the ReLU is folded into the window's maximum)
     relu_lrn_max_pool2d  fwd: read x, write y, write argmax       Xe + Ye + Y
                          bwd: read x, dy, argmax, write dx        2Xe + Ye + Y
     dropout              fwd: read x, write y                     2Xe   (mask regenerated from a seed)
@@ -82,6 +83,7 @@ CASES = [
     Case("max_pool2d", (96, 55, 55), "conv1"),
     Case("max_pool2d", (256, 27, 27), "conv2"),
     Case("max_pool2d", (256, 13, 13), "conv5"),
+    Case("relu_max_pool2d", (256, 13, 13), "conv5"),
     Case("relu_lrn_max_pool2d", (96, 55, 55), "conv1"),
     Case("relu_lrn_max_pool2d", (256, 27, 27), "conv2"),
     Case("dropout", (4096,), "fc6/fc7"),
@@ -129,6 +131,7 @@ def bytes_model(op: str, nx: int, ny: int, e: int) -> dict[str, int]:
     fwd, bwd = {
         "relu_lrn": (2 * nx * e, 3 * nx * e),
         "max_pool2d": (nx * e + ny * e + ny, ny * e + ny + nx * e),
+        "relu_max_pool2d": (nx * e + ny * e + ny, ny * e + ny + nx * e),
         "relu_lrn_max_pool2d": (nx * e + ny * e + ny, 2 * nx * e + ny * e + ny),
         "dropout": (2 * nx * e, 2 * nx * e),
         "relu_dropout": (2 * nx * e, 3 * nx * e),
@@ -265,13 +268,14 @@ def op_memory(case: Case, dtype, batch, providers, device) -> list[dict]:
 
 # ---------------------------------------------------------------- the whole model
 
-def model_memory(args, device) -> dict:
-    """Saved activation bytes per image of one AlexNet training forward, fused and eager."""
+def model_memory(args, device, cfg=None) -> dict:
+    """Saved activation bytes per image of one AlexNet training forward, fused and eager (``cfg``: the
+    network, AlexNetConfig() by default)."""
     try:
         from alexnet.model import AlexNet, AlexNetConfig
     except Exception as exc:
         return {"error": f"alexnet.model unavailable: {type(exc).__name__}: {exc}"}
-    cfg = AlexNetConfig()
+    cfg = cfg or AlexNetConfig()
     hw, classes = cfg.image_size, cfg.num_classes  # 227 and 1000 at the defaults
     out: dict = {"input": [3, hw, hw], "classes": classes, "saved_per_image": {}, "train_step": []}
 
@@ -313,17 +317,27 @@ def model_memory(args, device) -> dict:
     return out
 
 
-def model_steps(args, device, dtype, deadline, skipped) -> list[dict]:
+#: Training-step providers: (AlexNet's ops, compiled with torch.compile).
+MODEL_PROVIDERS = {"eager": ("eager", False), "fused": ("fused", False), "compile": ("eager", True),
+                   "compile_fused": ("fused", True)}
+
+
+def model_steps(args, device, dtype, deadline, skipped, providers=None, cfg=None) -> list[dict]:
     """Training step throughput: forward, cross-entropy, backward, SGD (momentum 0.9, weight decay 5e-4);
-    float32, or autocast to ``dtype``. Providers past ``deadline`` are skipped (listed in ``skipped``)."""
+    float32, or autocast to ``dtype``. Providers past ``deadline`` are skipped (listed in ``skipped``).
+    ``providers``: names from MODEL_PROVIDERS (default: eager, fused, and compile on a GPU unless
+    --no-compile / --quick); "compile_fused" is torch.compile of the fused model."""
     from alexnet.model import AlexNet, AlexNetConfig
-    cfg = AlexNetConfig()
+    cfg = cfg or AlexNetConfig()
     hw, classes = cfg.image_size, cfg.num_classes
     rows: list[dict] = []
     gpu = device.type == "cuda"
     batch = args.batch if gpu else args.cpu_model_batch
     steps = (5 if args.quick else 20) if gpu else 3
-    providers = ["eager", "fused"] + (["compile"] if gpu and not args.no_compile and not args.quick else [])
+    if providers is None:
+        providers = ["eager", "fused"]
+        if gpu and not args.no_compile and not args.quick:
+            providers.append("compile")
     if not (gpu or dtype == torch.float32):
         return []  # the CPU path steps in float32 only
     for prov in providers:
@@ -335,8 +349,9 @@ def model_steps(args, device, dtype, deadline, skipped) -> list[dict]:
         base = torch.cuda.memory_allocated(device) if gpu else 0
         try:
             torch.manual_seed(0)
-            m = AlexNet(cfg, ops="eager" if prov == "compile" else prov).to(device).train()
-            net = torch.compile(m, dynamic=False) if prov == "compile" else m
+            ops, compile_it = MODEL_PROVIDERS[prov]
+            m = AlexNet(cfg, ops=ops).to(device).train()
+            net = torch.compile(m, dynamic=False) if compile_it else m
             opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
             x = torch.randn(batch, 3, hw, hw, device=device)
             t = torch.randint(0, classes, (batch,), device=device)
@@ -369,7 +384,7 @@ def model_steps(args, device, dtype, deadline, skipped) -> list[dict]:
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         rows.append(row)
-        if prov == "compile":
+        if MODEL_PROVIDERS[prov][1]:
             torch._dynamo.reset()  # its guards hold the compiled model alive
         if gpu:
             torch.cuda.empty_cache()
@@ -580,6 +595,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="time budget: op cases and training steps not started by then are skipped (listed)")
     ap.add_argument("--tag", default="", help="suffix for the result file names, e.g. _fp32")
+    ap.add_argument("--name", default=None,
+                    help="result file stem inside --out instead of <device>_<date>[_quick]<tag>")
+    ap.add_argument("--json-only", action="store_true",
+                    help="write only the JSON, after every op case (bench/gpu_summary.py makes tables later)")
+    ap.add_argument("--order", choices=["dtype", "breadth"], default="dtype",
+                    help="dtype: every case in float32, then bfloat16 (default); breadth: the first shape "
+                         "of every op in each dtype before any second shape (a budget cut keeps one per op)")
     ap.add_argument("--batch", type=int, default=128, help="batch of GPU timings and of memory counts")
     ap.add_argument("--cpu-batch", type=int, default=8, help="batch of the CPU-path op timings")
     ap.add_argument("--cpu-model-batch", type=int, default=2, help="batch of the CPU-path training step")
@@ -647,16 +669,25 @@ def main(argv=None) -> int:
     model: dict = {} if args.no_model else model_memory(args, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{device_slug(device)}_{meta['date']}{'_quick' if args.quick else ''}{args.tag}"
+    default_name = f"{device_slug(device)}_{meta['date']}{'_quick' if args.quick else ''}{args.tag}"
+    stem = out / (args.name or default_name)
     res = {"meta": meta, "config": {**vars(args), "dtypes": dnames, "ops": ops, "p_drop": P_DROP,
                                     "bytes_model": "see bench/fused_vs_eager.py docstring"},
            "notes": notes, "copy_bandwidth": copy, "times": times, "checks": checks, "memory": memory,
            "model": model, "skipped_for_time": skipped, "complete": False}
     argv_text = " ".join(["python bench/fused_vs_eager.py", *(sys.argv[1:] if argv is None else argv)])
+    # work items (dtype, case); None as the case: the model's training step in that dtype
+    if args.order == "breadth":
+        rank = {c: sum(d.op == c.op for d in cases[:i]) for i, c in enumerate(cases)}
+        work = [(dt, c) for r in sorted(set(rank.values())) for dt in dtypes for c in cases if rank[c] == r]
+        work += [(dt, None) for dt in dtypes]
+    else:  # float32 first: ops, then the model, so a cut-short run keeps the most
+        work = [(dt, c) for dt in dtypes for c in [*cases, None]]
     with stack:
-        for dtype in dtypes:  # float32 first: ops, then the model, so a cut-short run keeps the most
+        for i, (dtype, case) in enumerate(work):
             dname = str(dtype).split(".")[-1]
-            for case in cases:
+            last_of_dtype = all(d != dtype for d, _ in work[i + 1:]) or case is None
+            if case is not None:
                 if time.perf_counter() > deadline:
                     skipped.append(f"{case.name} {dname}")
                     continue
@@ -678,17 +709,18 @@ def main(argv=None) -> int:
                 bad = {p: v for p, v in c.items() if "error" in v or not v.get("ok", True)}
                 print(f"  {case.name:28s} {dname:8s} done ({time.perf_counter() - t_start:5.1f} s)"
                       + (f"  problems: {bad}" if bad else ""), flush=True)
-            if model and "error" not in model:
+            elif model and "error" not in model:
                 model["train_step"] += model_steps(args, device, dtype, deadline, skipped)
                 print(f"  AlexNet training step    {dname:8s} done ({time.perf_counter() - t_start:5.1f} s)",
                       flush=True)
-            write_results(res, stem, argv_text)  # partial results survive a run that is cut short
+            if args.json_only or last_of_dtype:  # partial results survive a run that is cut short
+                write_results(res, stem, argv_text, json_only=args.json_only)
     if not gpu:
         meta["load_average_end"] = os.getloadavg()
     if skipped:
         notes.append(f"Skipped for the --max-seconds {args.max_seconds} budget: {', '.join(skipped)}.")
     res["complete"] = not skipped
-    tabs = write_results(res, stem, argv_text)
+    tabs = write_results(res, stem, argv_text, json_only=args.json_only)
     for title, rows in tabs.items():
         cpu_note = "" if gpu or title != "Op timings" else f" (CPU path, batch {args.cpu_batch})"
         print(f"\n== {title}{cpu_note}")
@@ -697,17 +729,24 @@ def main(argv=None) -> int:
         print(f"\nmodel section skipped: {model['error']}")
     if skipped:
         print(f"\n{notes[-1]}")
-    print(f"\nwrote {stem}.json, .md, .png ({time.perf_counter() - t_start:.0f} s)")
+    formats = "" if args.json_only else ", .md, .png"
+    print(f"\nwrote {stem}.json{formats} ({time.perf_counter() - t_start:.0f} s)")
     return 0
 
 
-def write_results(res, stem: Path, argv_text: str) -> dict:
-    """Annotate, evaluate the targets and write JSON, markdown and PNG; returns the tables."""
+def write_results(res, stem: Path, argv_text: str, json_only: bool = False) -> dict:
+    """Annotate, evaluate the targets and write JSON, markdown and PNG (only the JSON with ``json_only``:
+    written to a temporary name and renamed, so a run killed mid-write leaves the previous one);
+    returns the tables."""
     meta, copy, gpu = res["meta"], res["copy_bandwidth"], res["meta"]["device_type"] == "cuda"
     annotate(res["times"], copy["gbs"])
     res["targets"] = evaluate_targets(res["times"], res["model"], gpu)
     tabs = tables(res)
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
+    tmp = stem.with_name(stem.name + ".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=str))
+    os.replace(tmp, stem.with_name(stem.name + ".json"))
+    if json_only:
+        return tabs
     head = [f"# fused vs eager vs torch.compile: {meta['device']}", "",
             f"{meta['datetime_utc']} | torch {meta['torch']} | triton {meta['triton']} | "
             f"CUDA {meta['cuda']} | python {meta['python']} | commit `{meta['git_commit']}`", "",
