@@ -151,24 +151,23 @@ def _worker(rank: int, nprocs: int, payload: str, env: dict, report_dir: str, la
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
-    orphan_cleanup = lambda: _remove_if_orphaned(owned_dir, launcher_pid)
     try:
         with open(payload, "rb") as f:
             fn, args = pickle.load(f)
         result = fn(*args)
-        _write(os.path.join(report_dir, f"rank{rank}.result"), pickle.dumps(result))
+        _write(os.path.join(report_dir, f"rank{rank}.result"), _pickled(result))
     except SystemExit as e:
         if e.code in (0, None):
-            orphan_cleanup()
+            _remove_if_orphaned(owned_dir, launcher_pid)
             _exit_cleanly()
         _report(report_dir, rank, e, secondary=False)
-        orphan_cleanup()
+        _remove_if_orphaned(owned_dir, launcher_pid)
         os._exit(e.code if isinstance(e.code, int) else 1)
     except BaseException as e:  # noqa: BLE001 -- every failure is reported to the launcher
         _report(report_dir, rank, e, secondary=_is_secondary(e))
-        orphan_cleanup()
+        _remove_if_orphaned(owned_dir, launcher_pid)
         os._exit(1)  # now: no atexit handlers or process-group destructors that could hang
-    orphan_cleanup()
+    _remove_if_orphaned(owned_dir, launcher_pid)
     _exit_cleanly()
 
 
@@ -188,13 +187,16 @@ def _exit_cleanly():
 
 def _report(report_dir: str, rank: int, exc: BaseException, secondary: bool):
     text = "".join(traceback.format_exception(exc))
-    try:
-        exc_bytes = pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 -- an exception that doesn't pickle is reported by its traceback
-        exc_bytes = pickle.dumps(None)
-    _write(os.path.join(report_dir, f"rank{rank}.exception"), exc_bytes)
+    _write(os.path.join(report_dir, f"rank{rank}.exception"), _pickled(exc))
     _write(os.path.join(report_dir, f"rank{rank}.json"),
            json.dumps({"time": time.time(), "traceback": text, "secondary": secondary}).encode())
+
+
+def _pickled(obj) -> bytes:
+    try:
+        return pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 -- what doesn't pickle comes back as None (a failure keeps its traceback)
+        return pickle.dumps(None)
 
 
 def _write(path: str, data: bytes) -> None:
