@@ -51,7 +51,13 @@ def test_compile_finds_every_pattern_forward_and_backward():
     xc = x.clone().requires_grad_()
     with kernels.enable_compile_fusion(lrn=LRN, pool=POOL), kernels.triton_disabled():
         compiled = torch.compile(patterns, fullgraph=True)
-        out, code = run_and_get_code(lambda: compiled(xc).backward() or compiled(xc.detach()))
+
+        def step():
+            out = compiled(xc)
+            out.backward()  # compiles the backward too
+            return out.detach()
+
+        out, code = run_and_get_code(step)
     assert fused_ops(code) == ["max_pool2d", "max_pool2d_backward", "relu_lrn", "relu_lrn_backward",
                                "relu_lrn_max_pool2d", "relu_lrn_max_pool2d_backward", "relu_max_pool2d",
                                "relu_max_pool2d_backward"]
@@ -59,12 +65,11 @@ def test_compile_finds_every_pattern_forward_and_backward():
     assert_close_verbose(xc.grad, xe.grad, TOL, name="backward")
 
 
-def test_compile_fusion_in_inference_graphs_and_only_inside_the_block():
+def test_compile_fusion_in_inference_graphs_and_only_while_enabled():
     x = torch.randn(2, 8, 13, 13)
     with torch.no_grad():
-        with kernels.enable_compile_fusion(lrn=LRN, pool=POOL) as fusion, kernels.triton_disabled():
+        with kernels.enable_compile_fusion(lrn=LRN, pool=POOL), kernels.triton_disabled():
             out, code = run_and_get_code(torch.compile(patterns, fullgraph=True), x)
-            assert fusion.replaced == 4
         assert fused_ops(code) == ["max_pool2d", "relu_lrn", "relu_lrn_max_pool2d", "relu_max_pool2d"]
         assert inductor_config.joint_custom_pre_pass is None  # the context manager restored it
         torch._dynamo.reset()
