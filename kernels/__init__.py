@@ -6,8 +6,8 @@ tensors run the Triton kernels themselves in Triton's interpreter (how the tests
 without a GPU); ``triton_disabled()`` switches CPU tensors back to the plain-PyTorch path.
 
     relu_lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0)
-    max_pool2d(x, kernel_size=3, stride=2, padding=0)
-    relu_max_pool2d(x, kernel_size=3, stride=2, padding=0)
+    max_pool2d(x, kernel_size=3, stride=2, padding=0, ceil_mode=False)
+    relu_max_pool2d(x, kernel_size=3, stride=2, padding=0, ceil_mode=False)
     relu_lrn_max_pool2d(x, size=5, alpha=1e-4, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0)
     dropout(x, p=0.5, training=True, seed=None)
     relu_dropout(x, p=0.5, training=True, seed=None)

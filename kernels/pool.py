@@ -28,8 +28,9 @@ This is the element PyTorch's row-major scan picks: without NaN the scan keeps t
 the window's maximum M, which lies in the first row that holds M, at that row's first M; the row pass
 finds that column and the strict ``>`` across rows keeps the first such row. With NaN the scan ends on
 the last NaN, which is the last NaN of the last row that holds one; a row's result is NaN exactly when
-the row holds a NaN, and NaN always replaces, so the passes end on it too. Padding is excluded by the
-in-bounds masks, and a window of -inf keeps the initial index, the first in-bounds position, in both
+the row holds a NaN, and NaN always replaces, so the passes end on it too. Padding, and the rows and
+columns past the input of ceil_mode's last window (MH, MW), are excluded by the in-bounds masks, and a
+window of -inf keeps the initial index, the first in-bounds position, in both
 orders. With kernel = stride + 1 (AlexNet's 3x3 stride 2) the last row of one window is the first of
 the next: its row maximum is carried to the next trip, so each input row is read once per output row
 pair. Windows of more than 32 elements use runtime loops in PyTorch's row-major order instead.
