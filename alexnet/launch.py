@@ -162,13 +162,21 @@ def _worker(rank: int, nprocs: int, payload: str, env: dict, report_dir: str, la
             _exit_cleanly()
         _report(report_dir, rank, e, secondary=False)
         _remove_if_orphaned(owned_dir, launcher_pid)
-        os._exit(e.code if isinstance(e.code, int) else 1)
+        _exit_now(e.code if isinstance(e.code, int) else 1)
     except BaseException as e:  # noqa: BLE001 -- every failure is reported to the launcher
         _report(report_dir, rank, e, secondary=_is_secondary(e))
         _remove_if_orphaned(owned_dir, launcher_pid)
-        os._exit(1)  # now: no atexit handlers or process-group destructors that could hang
+        _exit_now(1)
     _remove_if_orphaned(owned_dir, launcher_pid)
     _exit_cleanly()
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once: no atexit handlers or process-group destructors that could hang, but multiprocessing's
+    own clean-up (named semaphores, such as tqdm's lock, would otherwise be reported as leaked)."""
+    with contextlib.suppress(Exception):
+        mp.util._run_finalizers(0)
+    os._exit(code)
 
 
 def _remove_if_orphaned(owned_dir: str | None, launcher_pid: int) -> None:

@@ -327,6 +327,22 @@ def test_corrupt_validation_image_keeps_the_epoch(tiny_data, tmp_path, capfd):
     assert [r["epoch"] for r in load(tmp_path / "run" / "last.pt")["history"]] == [1]
 
 
+def test_gpus2_corrupt_validation_image_is_one_line(tiny_data, tmp_path, runs):
+    """Issue 12.3 with --gpus 2: 55 lines of traceback, exit 1 (and, once that was fixed, the ranks' leaked
+    semaphores reported by multiprocessing after the error line)."""
+    import shutil
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    bad = root / "val" / "star" / "00001.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    r = start(runs, tmp_path, "--data", root, "--gpus", 2, "--epochs", 1, "--max-steps-per-epoch", 1,
+              "--out", out)
+    assert_one_line_error(r.finish(timeout=60), r.err, f"unreadable image: {bad}", "--resume")
+    r.assert_nothing_left()
+    assert consistent(out)["state"]["step"] == 1
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height pixels (a decompression bomb as far as PIL can tell)."""
     def chunk(kind, payload):
