@@ -69,12 +69,22 @@ MAX_WARPS_PER_SM = 64
 
 
 def kernels_fingerprint(root: Path = REPO) -> str:
+    """sha256 of the kernel sources' code: their syntax trees without docstrings (comments and docs may
+    change without making a prediction stale)."""
+    import ast
     import hashlib
-
     h = hashlib.sha256()
     for path in sorted((root / "kernels").glob("*.py")):
-        if path.name not in NOT_KERNEL_SOURCES:
-            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        if path.name in NOT_KERNEL_SOURCES:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(path.name.encode() + b"\0" + ast.dump(tree).encode() + b"\0")
     return h.hexdigest()
 
 
@@ -102,8 +112,9 @@ def cases(dtypes=("float32", "bfloat16"), ops=None):
     return out
 
 
-def launch_main(manifest_path: Path, batch: int, dtypes, ops=None) -> dict:
-    """Warm up every case, then (inside cudaProfilerStart/Stop) record and run each case once."""
+def launch_main(manifest_path: Path | None, batch: int, dtypes, ops=None, run: bool = True) -> dict:
+    """Warm up every case, then (inside cudaProfilerStart/Stop) record and run each case once.
+    ``run=False``: record only (the manifest of what a run would launch; nothing is computed)."""
     import torch
 
     from kernels._common import recording
@@ -114,11 +125,16 @@ def launch_main(manifest_path: Path, batch: int, dtypes, ops=None) -> dict:
     inputs = {}
     for op, spec, chw, d in todo:  # warm-up: compiles every kernel outside the profiled range
         torch.manual_seed(0)
+        if not run:
+            x = torch.empty((batch, *chw), dtype=getattr(torch, d)).requires_grad_()
+            inputs[(op, chw, d)] = (x, None)
+            continue
         x = torch.randn((batch, *chw), device=device, dtype=getattr(torch, d)).requires_grad_()
         y = spec.call(x)
         dy = torch.randn_like(y)
         torch.autograd.grad(y, x, dy)
         inputs[(op, chw, d)] = (x, dy)
+    gpu = gpu and run
     if gpu:
         torch.cuda.synchronize()
         torch.cuda.profiler.start()
@@ -133,8 +149,9 @@ def launch_main(manifest_path: Path, batch: int, dtypes, ops=None) -> dict:
         key = f"{op}|{'x'.join(map(str, (batch, *chw)))}|{d}"
         if gpu:
             torch.cuda.nvtx.range_push(key)
-        y = spec.call(x)
-        torch.autograd.grad(y, x, dy)
+        if run:
+            y = spec.call(x)
+            torch.autograd.grad(y, x, dy)
         if gpu:
             torch.cuda.nvtx.range_pop()
         for direction in ("fwd", "bwd"):
@@ -167,7 +184,8 @@ def launch_main(manifest_path: Path, batch: int, dtypes, ops=None) -> dict:
         "launches": entries,
         "kernel_functions": kernel_function_names(),
     }
-    Path(manifest_path).write_text(json.dumps(manifest, indent=1))
+    if manifest_path is not None:
+        Path(manifest_path).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -476,12 +494,27 @@ def stamp(path: Path, live: bool = False) -> None:
 
 
 def _run(cmd, timeout):
+    """(rc, stdout, stderr, seconds); on timeout the whole process group (ncu and the launcher) is killed."""
+    import signal
     t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                         start_new_session=True)
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-        return p.returncode, p.stdout, p.stderr, time.perf_counter() - t0
-    except subprocess.TimeoutExpired as exc:
-        return None, exc.stdout or "", f"timed out after {timeout:.0f} s", time.perf_counter() - t0
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err, time.perf_counter() - t0
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                out, err = p.communicate(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                out, err = "", ""
+        note = f"timed out after {timeout:.0f} s; " + (err or "")[-1000:]
+        return None, out or "", note, time.perf_counter() - t0
 
 
 def valid_metrics(ncu: str, wanted: list[str]) -> tuple[list[str], str]:
