@@ -5,6 +5,7 @@ networks with the fused ops, forward and backward, by itself.
     F.local_response_norm(F.relu(x), ...)                     ->  alexnet_triton::relu_lrn
     F.max_pool2d(F.relu(x), ...)                              ->  alexnet_triton::relu_max_pool2d
     F.max_pool2d(x, ...)                                      ->  alexnet_triton::max_pool2d
+    F.dropout(F.relu(x), p), F.dropout(x, p) (training)       ->  alexnet_triton::relu_dropout, ::dropout
 
 How: each pattern is traced as Inductor traces a model (``torch._inductor.pattern_matcher``:
 ``joint_fwd_bwd`` for training graphs, whose backward nodes must match too, ``fwd_only`` for inference
@@ -18,8 +19,11 @@ The scalars of a pattern are part of it: LRN's beta appears in the backward as b
 one pattern is traced per configuration (``lrn``: (size, alpha, beta, k); ``pool``: (kernel, stride,
 padding, ceil_mode)). A call with other arguments is left to Inductor, as is ``ceil_mode``
 in the fused block (``relu_lrn_max_pool2d`` does not take it) and any intermediate that is also used
-elsewhere (the matcher checks that). Dropout is not matched: its mask comes from Inductor's random
-numbers, and the fused op's Philox stream is another one (use ``kernels.nn`` or ``kernels.patch``).
+elsewhere (the matcher checks that). Dropout (``dropout``: the probabilities p to match) is Inductor's
+``rand`` -> ``gt`` -> ``mul`` in the graph; the fused op draws its seed from torch's generator and its
+mask from its own Philox stream, so the masks differ from what Inductor would draw (both random: the same
+keep rate and scaling), as compiled dropout's masks already differ from eager's; ``dropout=()`` keeps
+Inductor's.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .block import relu_lrn_max_pool2d
+from .dropout import dropout, relu_dropout
 from .lrn import relu_lrn
 from .pool import max_pool2d, relu_max_pool2d
 
@@ -38,6 +43,8 @@ from .pool import max_pool2d, relu_max_pool2d
 LRN_CONFIGS = ((5, 1e-4, 0.75, 1.0), (5, 1e-4, 0.75, 2.0))
 #: (kernel, stride, padding, ceil_mode): AlexNet's overlapping pool (GoogLeNet's with ceil_mode), VGG's
 POOL_CONFIGS = ((3, 2, 0, False), (3, 2, 0, True), (2, 2, 0, False))
+#: dropout probabilities: AlexNet's and VGG's
+DROPOUT_CONFIGS = (0.5,)
 
 
 def _block(a, p):
@@ -71,7 +78,17 @@ def _pool(p, ceil, relu):
     return search, replace
 
 
-def _patterns(lrn_configs, pool_configs):
+def _dropout(p, relu):
+    def search(x):
+        return F.dropout(F.relu(x) if relu else x, p, True)
+
+    def replace(x):
+        return (relu_dropout if relu else dropout)(x, p, True)
+
+    return search, replace
+
+
+def _patterns(lrn_configs, pool_configs, dropout_configs=()):
     """Lists of (name, search, replacement), the longest patterns first: each list is applied to the whole
     graph before the next (within one pass the matcher visits nodes in an order of its own, and a shorter
     pattern could take part of a longer one)."""
@@ -80,13 +97,15 @@ def _patterns(lrn_configs, pool_configs):
         [(f"relu_lrn_max_pool2d{a + p}", *_block(a, p))
          for a in lrn_configs for p, ceil in pools if not ceil],  # the fused block has no ceil_mode
         [(f"relu_max_pool2d{p + (ceil,)}", *_pool(p, ceil, True)) for p, ceil in pools]
-        + [(f"relu_lrn{a}", *_relu_lrn(a)) for a in lrn_configs],
-        [(f"max_pool2d{p + (ceil,)}", *_pool(p, ceil, False)) for p, ceil in pools],
+        + [(f"relu_lrn{a}", *_relu_lrn(a)) for a in lrn_configs]
+        + [(f"relu_dropout({p})", *_dropout(p, True)) for p in dropout_configs],
+        [(f"max_pool2d{p + (ceil,)}", *_pool(p, ceil, False)) for p, ceil in pools]
+        + [(f"dropout({p})", *_dropout(p, False)) for p in dropout_configs],
     ]
 
 
 @functools.lru_cache(maxsize=8)
-def _pattern_passes(lrn_configs, pool_configs):
+def _pattern_passes(lrn_configs, pool_configs, dropout_configs):
     """PatternMatcherPasses, one per list of ``_patterns``, each pattern traced for training and for
     inference graphs."""
     import inspect
@@ -100,7 +119,7 @@ def _pattern_passes(lrn_configs, pool_configs):
 
     named = "pattern_name" in inspect.signature(register_replacement).parameters  # not in torch 2.11
     passes = []
-    for level in _patterns(lrn_configs, pool_configs):
+    for level in _patterns(lrn_configs, pool_configs, dropout_configs):
         patterns = PatternMatcherPass(pass_name=f"alexnet_triton_fusion_{len(passes)}")
         for name, search, replace in level:
             # meta tensors: traced without running anything. The example's sizes and dtype are not part of
@@ -133,8 +152,9 @@ class FusionPass(_custom_graph_pass_base()):
     backward node is inserted at its forward's place). Runs ``previous`` (a pass that was installed before
     this one) first."""
 
-    def __init__(self, lrn_configs, pool_configs, previous=None):
-        self.configs = (tuple(map(tuple, lrn_configs)), tuple(map(tuple, pool_configs)))
+    def __init__(self, lrn_configs, pool_configs, dropout_configs=(), previous=None):
+        self.configs = (tuple(map(tuple, lrn_configs)), tuple(map(tuple, pool_configs)),
+                        tuple(float(p) for p in dropout_configs))
         self.previous = previous
         self.replaced = 0  # replacements made so far (a compile served from Inductor's cache runs no pass)
 
@@ -167,16 +187,17 @@ class enable_compile_fusion:  # noqa: N801 - a function to its callers, a class 
         with kernels.enable_compile_fusion(): ...
 
     ``lrn`` and ``pool``: the (size, alpha, beta, k) and (kernel, stride, padding, ceil_mode)
-    configurations to match (the defaults cover AlexNet, Caffe's AlexNet, GoogLeNet's and VGG's pools).
-    Patterns are traced once per configuration (about 0.1 s each).
+    configurations to match (the defaults cover AlexNet, Caffe's AlexNet, GoogLeNet's and VGG's pools);
+    ``dropout``: the probabilities p of ``F.dropout`` to match (``()`` keeps Inductor's dropout). Patterns
+    are traced once per configuration (about 0.1 s each).
     Already compiled functions keep their code (``torch._dynamo.reset()`` to recompile)."""
 
-    def __init__(self, lrn=LRN_CONFIGS, pool=POOL_CONFIGS):
+    def __init__(self, lrn=LRN_CONFIGS, pool=POOL_CONFIGS, dropout=DROPOUT_CONFIGS):
         from torch._inductor import config
 
         self._previous = config.joint_custom_pre_pass
         previous = self._previous.previous if isinstance(self._previous, FusionPass) else self._previous
-        self.fusion_pass = FusionPass(lrn, pool, previous)
+        self.fusion_pass = FusionPass(lrn, pool, dropout, previous)
         _pattern_passes(*self.fusion_pass.configs)  # trace now: errors here, not inside a compile
         config.joint_custom_pre_pass = self.fusion_pass
 

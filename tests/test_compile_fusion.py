@@ -78,11 +78,39 @@ def test_compile_fusion_in_inference_graphs_and_only_while_enabled():
     assert_close_verbose(out, patterns(x), TOL, name="inference")
 
 
+def test_compile_fusion_matches_dropout():
+    """F.dropout(F.relu(x)) and F.dropout(x) in a training graph: the fused ops, forward and backward, with
+    dropout's keep rate and scaling (the masks are the fused op's own random numbers)."""
+    x = torch.randn(64, 64)
+    xc = x.clone().requires_grad_()
+    g = torch.randn(2, 64, 64)
+
+    def f(t):
+        return torch.stack([F.dropout(F.relu(t), 0.5, True), F.dropout(3 * t, 0.5, True)])
+
+    with kernels.enable_compile_fusion(lrn=LRN, pool=POOL), kernels.triton_disabled():
+        compiled = torch.compile(f, fullgraph=True)
+
+        def step():
+            out = compiled(xc)
+            out.backward(g)
+            return out.detach()
+
+        y, code = run_and_get_code(step)
+    # (dropout's backward is dropout itself, of the gradient with the same seed)
+    assert fused_ops(code) == ["dropout", "relu_dropout", "relu_dropout_backward"]
+    assert len(code) == 2 and all("alexnet_triton.dropout." in c for c in code)  # forward, backward
+    kept = y != 0
+    assert torch.equal(y[0][kept[0]], 2 * F.relu(x)[kept[0]]) and torch.equal(y[1][kept[1]], 6 * x[kept[1]])
+    assert abs(kept[1].float().mean().item() - 0.5) < 0.05
+    assert_close_verbose(xc.grad, 2 * (kept[0] * g[0]) + 6 * (kept[1] * g[1]), TOL, name="dropout backward")
+
+
 def test_compiled_eager_alexnet_saves_what_the_fused_one_saves():
-    """ops="eager" (F.relu, F.local_response_norm, F.max_pool2d) compiled with the fusion: the fused block
-    after conv1 and conv2 and relu_max_pool2d after conv5 in Inductor's code, the fused model's logits,
-    and the same saved activations (dropout off)."""
-    cfg = AlexNetConfig(width=1 / 16, image_size=67, num_classes=10, dropout=0.0)
+    """ops="eager" (F.relu, F.local_response_norm, F.max_pool2d, F.dropout) compiled with the fusion: the
+    fused block after conv1 and conv2, relu_max_pool2d after conv5 and relu_dropout after fc6 and fc7 in
+    Inductor's code, forward and backward, and the same saved activations as ops="fused" (dropout on)."""
+    cfg = AlexNetConfig(width=1 / 16, image_size=67, num_classes=10, dropout=0.5)
     eager = AlexNet(cfg, ops="eager")
     fused = AlexNet(cfg, ops="fused")
     fused.load_state_dict(eager.state_dict())
@@ -95,10 +123,10 @@ def test_compiled_eager_alexnet_saves_what_the_fused_one_saves():
             logits.sum().backward()  # compiles the backward too
             return logits.detach()
 
-        out, code = run_and_get_code(step)
-        assert fused_ops(code) == ["relu_lrn_max_pool2d", "relu_lrn_max_pool2d_backward", "relu_max_pool2d",
+        _, code = run_and_get_code(step)
+        assert fused_ops(code) == ["relu_dropout", "relu_dropout_backward", "relu_lrn_max_pool2d",
+                                   "relu_lrn_max_pool2d_backward", "relu_max_pool2d",
                                    "relu_max_pool2d_backward"]
-        assert_close_verbose(out, fused(x), TOL, name="logits")
         got, want = activations(compiled, x), activations(fused, x)
     assert got == want, f"compiled eager saves {got}, fused saves {want}"
 
