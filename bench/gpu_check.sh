@@ -80,7 +80,7 @@ run_part 1 60 "$PY" bench/gpu_parts.py env --out "$OUT/p1_env.json" || rc_all=1
 # 2. correctness: the CUDA-marked tests, then the equivalence tests with their ops on the GPU
 if want 2; then
     t2=$(cap "$P2_S" 120)
-    flags=(-q -p bench.pytest_gpu -p no:cacheprovider -o addopts=)
+    flags=(-q -p bench.pytest_gpu -p no:cacheprovider -o addopts= --continue-on-collection-errors)
     if [ -z "$REHEARSE" ]; then
         "$PY" -c "import xdist" 2>/dev/null && flags+=(-n "${TEST_WORKERS:-4}")
         "$PY" -c "import pytest_timeout" 2>/dev/null && flags+=(--timeout 100)
@@ -163,6 +163,6 @@ rm -rf "$PRED_DIR" "$PRED_DIR.log" "$OUT"/*.tmp 2>/dev/null
 echo
 echo "== summary ($(elapsed) s of $LIMIT_S)"
 for s in "${status[@]}"; do echo "  $s"; done
-"$PY" bench/gpu_summary.py "$OUT" --stdout-only 2>&1 | tail -80
+"$PY" bench/gpu_summary.py "$OUT" --brief 2>&1 | tail -60
 ls -l "$OUT"
 exit $rc_all

@@ -164,6 +164,9 @@ MODEL_ORDER = [
 ]
 
 
+COMPILE_MIN_S = 50  # a compiled AlexNet step is not started with less left (its compile alone takes ~30-60 s)
+
+
 def part_model(out: Path, budget_s: float, rehearse: bool = False, no_compile: bool = False) -> dict:
     from bench import fused_vs_eager as fve
 
@@ -206,6 +209,9 @@ def part_model(out: Path, budget_s: float, rehearse: bool = False, no_compile: b
         dtype = getattr(torch, dname)
         if not gpu and dtype != torch.float32:
             continue  # the CPU path steps in float32 only
+        if prov.startswith("compile") and deadline - time.perf_counter() < COMPILE_MIN_S:
+            res["skipped_for_time"].append(f"training step {prov} {dname} (under {COMPILE_MIN_S} s left)")
+            continue
         rows = fve.model_steps(
             args, device, dtype, deadline, res["skipped_for_time"], providers=[prov], cfg=cfg
         )

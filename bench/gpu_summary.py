@@ -387,13 +387,32 @@ def render(data: dict, notes: list[str]) -> tuple[str, dict]:
         lines.append(md_table(ep))
         lines.append(f"\nFinal: {run.get('final')}")
     if train.get("split"):
+        sp = [
+            ["dropout", "ok", "device", "logits", "loss", "worst grad", "worst state after a step", "error"]
+        ]
+        for r in train["split"]["runs"]:
+            e = (r.get("ranks") or [{}])[0]
+            er = e.get("errors", {})
+            sp.append(
+                [
+                    r["dropout"],
+                    r.get("ok"),
+                    e.get("device", "-"),
+                    fmt(er.get("logits"), ".1e"),
+                    fmt(er.get("loss"), ".1e"),
+                    fmt(er.get("grads_worst"), ".1e"),
+                    fmt(er.get("state_after_step_worst"), ".1e"),
+                    (r.get("error") or "")[:200],
+                ]
+            )
+        first = (train["split"]["runs"][0].get("ranks") or [{}])[0]
         lines += [
             "",
-            "## Two towers, two gloo ranks on one GPU",
+            "## Two towers, two gloo ranks on one GPU (relative errors against one device)",
             "",
-            "```",
-            json.dumps(train["split"], indent=1)[:3000],
-            "```",
+            md_table(sp),
+            "",
+            f"Collectives: {first.get('gloo_cuda_collectives', 'CPU tensors')}",
         ]
     merged = {
         "files": sorted(data),
@@ -408,17 +427,47 @@ def render(data: dict, notes: list[str]) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", merged
 
 
+def brief(merged: dict) -> str:
+    """A few lines for the end of a device call's output: the card, each target's count, the misses."""
+    env = merged.get("env") or {}
+    out = [
+        f"GPU run: {env.get('device')} | driver {env.get('driver')} | torch {env.get('torch')} | triton "
+        f"{env.get('triton')} | commit {env.get('git_commit')} | {env.get('datetime_utc')}"
+    ]
+    by: dict = {}
+    for t in merged["targets"]:
+        by.setdefault(t["target"], []).append(t)
+    for target, items in by.items():
+        n = {s: sum(t["status"] == s for t in items) for s in ("PASS", "MISS", "N/A")}
+        line = f"- {target}: {n['PASS']} PASS, {n['MISS']} MISS, {n['N/A']} N/A"
+        miss = [f"{t['item']} ({t['value']})" for t in items if t["status"] == "MISS"]
+        if len(items) == 1:
+            line += f" [{items[0]['value']}]"
+        elif miss:
+            line += "; MISS: " + "; ".join(miss)
+        out.append(line[:700])
+    for label, sec in (merged.get("p2_tests") or {}).items():
+        for f in sec.get("failures", [])[:8]:
+            msg = (f.get("message") or "").splitlines()
+            out.append(f"  {label} FAILED {f['id']}: {msg[0][:160] if msg else ''}")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+", type=Path, help="folders holding the returned p*.json files")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--stdout-only", action="store_true", help="print the markdown, write nothing")
+    ap.add_argument("--brief", action="store_true", help="print a few lines per target, write nothing")
     args = ap.parse_args(argv)
     data, notes = load(args.dirs)
     if not data:
         print(f"gpu_summary: no p*.json files in {', '.join(map(str, args.dirs))}")
         return 1
     text, merged = render(data, notes)
+    if args.brief:
+        print(brief(merged))
+        return 0
     if args.stdout_only:
         print(text)
         return 0

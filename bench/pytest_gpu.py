@@ -11,7 +11,8 @@ path, ``kernels.triton_disabled()``, is left alone) is copied to the GPU, the op
 there as compiled Triton kernels, and the output is copied back. The reference stays PyTorch's CPU op, so
 these are the same checks the interpreter runs on the CPU, now on compiled code. ``path="torch"`` items
 are deselected (the CPU suite covers them). Non-dense inputs (sliced / transposed views) arrive on the GPU
-contiguous. A failure whose message says the tensors are on different devices, or that the output is not
+contiguous; inside ``torch.compile`` the wrapper steps aside (the op runs as the test wrote it). A failure
+whose message says the tensors are on different devices, or that the output is not
 the input object, comes from this harness, not from a kernel: the summary lists those apart.
 
 ``GPU_CHECK_MAX_EXAMPLES=N`` caps every hypothesis test of tests/_utils.py's ``FAST`` / ``examples(n)``
@@ -98,6 +99,7 @@ def _wrap(fn, device: str):
         if (
             isinstance(x, torch.Tensor)
             and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()  # inside torch.compile: the op as the test wrote it
             and not getattr(st, "disabled", False)
             and getattr(st, "recorder", None) is None
         ):

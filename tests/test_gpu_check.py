@@ -275,6 +275,9 @@ def test_summary_marks_every_target(tmp_path):
         "NVIDIA H100 80GB HBM3",
     ):
         assert heading in text, heading
+    short = gpu_summary.brief(merged)
+    assert "- every CUDA test passes on the card (issue 9): 1 PASS, 1 MISS, 0 N/A" in short
+    assert "equivalence_ops_on_gpu FAILED t1" in short
     out = tmp_path / "results"
     assert gpu_summary.main([str(tmp_path), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
@@ -297,5 +300,5 @@ def test_rehearsal_of_part_1_through_the_script(tmp_path):
     assert files == ["gpu_check_1.log", "p1_env.json"]  # part 1 alone; never more than 8 files
     info = json.loads((tmp_path / "p1_env.json").read_text())
     assert info["torch"] and "sources_sha256" in info and "kernels_sha256" in info
-    assert "== summary" in p.stdout and "# GPU run:" in p.stdout
+    assert "== summary" in p.stdout and "GPU run: CPU" in p.stdout
     assert "part 1 rc=0" in (tmp_path / "gpu_check_1.log").read_text()
