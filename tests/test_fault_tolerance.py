@@ -192,10 +192,10 @@ def start(runs, tmp_path, *args, **kw) -> Run:
     return r
 
 
-def consistent(out_dir) -> dict | None:
-    """The run folder's invariants after any stop: no temporary file, checkpoints load and are finite,
-    metrics.jsonl is strict JSON. Returns last.pt (or None)."""
-    assert not [p for p in os.listdir(out_dir) if ".tmp" in p], os.listdir(out_dir)
+def consistent(out_dir, tmp_ok: bool = False) -> dict | None:
+    """The run folder's invariants after any stop: no temporary file (unless ``tmp_ok``: a kill), the
+    checkpoints load and are finite, metrics.jsonl is strict JSON. Returns last.pt (or None)."""
+    assert tmp_ok or not [p for p in os.listdir(out_dir) if ".tmp" in p], os.listdir(out_dir)
     if (out_dir / "metrics.jsonl").exists():
         for line in (out_dir / "metrics.jsonl").read_text().splitlines():
             json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
@@ -210,7 +210,8 @@ def consistent(out_dir) -> dict | None:
 
 def test_gpus2_ctrl_c_while_the_ranks_start_exits_at_once(tiny_data, tmp_path, runs):
     """Issue 12.1: Ctrl-C (to the process group, as a terminal sends it) in the ranks' first seconds hung
-    the launcher forever. Two moments drawn with a fixed seed."""
+    the launcher forever. Two moments drawn with a fixed seed; the second time Ctrl-C is pressed twice
+    (the ranks are killed: a checkpoint being written may leave its temporary file, never a bad one)."""
     rng = random.Random(12)
     for i in range(2):
         out = tmp_path / f"run{i}"
@@ -218,12 +219,16 @@ def test_gpus2_ctrl_c_while_the_ranks_start_exits_at_once(tiny_data, tmp_path, r
         r.wait_for("no CUDA GPU: --gpus 2")          # printed just before the ranks are started
         time.sleep(rng.uniform(0.0, 2.0))
         os.killpg(r.proc.pid, signal.SIGINT)
+        if i == 1:
+            time.sleep(0.3)
+            os.killpg(r.proc.pid, signal.SIGINT)
         rc = r.finish(timeout=40)
-        assert rc == 130, (rc, r.err)
+        # (a second Ctrl-C that comes while Python shuts down ends it by SIGINT: the shell's $? is 130 too)
+        assert rc == 130 or (i == 1 and rc == -signal.SIGINT), (rc, r.err)
         assert len(r.err.strip().splitlines()) <= 1 and "Traceback" not in r.err, r.err
         r.assert_nothing_left()
         if out.exists():
-            consistent(out)
+            consistent(out, tmp_ok=i == 1)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -487,6 +487,9 @@ def _claim(cfg: dict) -> int | None:
 
 def _spawned(cfg: dict, classes: list, train_samples: list, val_samples: list) -> tuple[str, int]:
     """Entry of each launched process: its result or its DataError goes back to the launcher."""
+    # tqdm's default lock is a named semaphore: a rank ended by a signal would leave it for the launcher's
+    # resource tracker to report (lines after ours); only rank 0 writes, a thread lock is enough
+    tqdm.set_lock(threading.RLock())
     _claim(cfg)     # held until this process ends
     return worker(cfg, classes, train_samples, val_samples)
 
