@@ -35,7 +35,8 @@ done
 want() { [[ "$parts" == *" $1 "* ]]; }
 tag=$(echo "$PART" | tr -c 'A-Za-z0-9._\n-' '_')
 LOG="$OUT/gpu_check_${tag}.log"
-exec > >(tee -a "$LOG") 2>&1
+
+main() {
 
 if [ -n "$REHEARSE" ]; then  # tiny sizes, short caps: the code paths, not the numbers
     LIMIT_S=${LIMIT_S:-900}; P2_S=${P2_S:-150}; P3_S=${P3_S:-90}; P4_S=${P4_S:-90}; P6_S=${P6_S:-90}
@@ -165,4 +166,8 @@ echo "== summary ($(elapsed) s of $LIMIT_S)"
 for s in "${status[@]}"; do echo "  $s"; done
 "$PY" bench/gpu_summary.py "$OUT" --brief 2>&1 | tail -60
 ls -l "$OUT"
-exit $rc_all
+return $rc_all
+}
+
+set -o pipefail
+main 2>&1 | tee -a "$LOG"  # everything printed also goes to the log in $OUT, as it is printed

@@ -497,8 +497,9 @@ def _run(cmd, timeout):
     """(rc, stdout, stderr, seconds); on timeout the whole process group (ncu and the launcher) is killed."""
     import signal
     t0 = time.perf_counter()
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, or the CPU path
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                         start_new_session=True)
+                         start_new_session=True, env=env)
     try:
         out, err = p.communicate(timeout=timeout)
         return p.returncode, out, err, time.perf_counter() - t0
@@ -538,6 +539,7 @@ def run_main(
     dtypes,
     rehearse: bool = False,
     ncu: str | None = None,
+    ops: list[str] | None = None,
 ) -> dict:
     from bench.common import commit_info
     from bench.gpu_parts import find_ncu, write_json
@@ -588,7 +590,7 @@ def run_main(
         str(batch),
         "--dtypes",
         ",".join(dtypes),
-    ]
+    ] + (["--ops", ",".join(ops)] if ops else [])
     csv_text = ""
     if ncu is None:
         res["notes"].append("ncu not found: the launcher ran without it; measurements need ncu (rehearsal)")
@@ -636,14 +638,13 @@ def run_main(
             print(f"ncu: rc {rc} in {dt:.0f} s", flush=True)
             report = rep.with_suffix(".ncu-rep")
             if report.exists():
-                rc2, csv_text, se2, _ = _run(
-                    [ncu, "--import", str(report), "--csv", "--page", "raw", "--print-units", "base"], 120
-                )
-                if rc2 != 0 or not csv_text.strip():
-                    rc2, csv_text, se2, _ = _run(
-                        [ncu, "--import", str(report), "--csv", "--page", "raw"], 120
-                    )
-                res[f"ncu_import_{attempt}"] = {"rc": rc2, "stderr": (se2 or "")[-500:]}
+                base = [ncu, "--import", str(report), "--csv", "--page", "raw"]
+                for extra in (["--print-units", "base", "--print-metric-name", "name"],
+                              ["--print-units", "base"], []):  # older ncu lacks the later options
+                    rc2, csv_text, se2, _ = _run(base + extra, 120)
+                    if rc2 == 0 and parse_ncu_csv(csv_text):
+                        break
+                res[f"ncu_import_{attempt}"] = {"rc": rc2, "options": extra, "stderr": (se2 or "")[-500:]}
                 if parse_ncu_csv(csv_text):
                     break
             write_json(out, res)

@@ -141,6 +141,69 @@ def test_the_gpu_run_launches_what_the_committed_prediction_compiled():
         assert (d["function"], d["grid"], d["num_warps"]) == (e["function"], e["grid"], e["num_warps"]), e
 
 
+# A stand-in for ncu: --query-metrics lists names; profiling runs the application (after the options) and
+# writes a "report" naming its manifest; --import prints a raw-page CSV with a row per manifest launch whose
+# kernel matches the --kernel-name regex, plus a torch kernel the filter would have dropped.
+FAKE_NCU = r"""#!PYTHON
+import json, re, subprocess, sys
+a = sys.argv[1:]
+if "--version" in a:
+    print("NVIDIA (R) Nsight Compute Command Line Profiler\nVersion 2099.1.0 (fake)"); sys.exit(0)
+if "--query-metrics" in a:
+    print("Device GH100 (fake)\n" + "\n".join(n + "   some description   unit" for n in [
+        "gpu__time_duration", "dram__bytes_read", "dram__bytes_write", "smsp__inst_executed",
+        "sm__warps_active", "sm__maximum_warps_per_active_cycle_pct"])); sys.exit(0)
+if "--import" in a:
+    rep = json.load(open(a[a.index("--import") + 1]))
+    m = json.load(open(rep["manifest"]))
+    pat = re.compile(rep["regex"])
+    cols = ["gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum",
+            "smsp__inst_executed.sum", "launch__registers_per_thread", "launch__grid_size"]
+    print('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",'
+          '"Grid Size","Device","CC",' + ",".join('"%s"' % c for c in cols))
+    print(",".join('""' for _ in range(11 + len(cols))))
+    i = 0
+    for launch in m["launches"]:
+        if not pat.match(launch["function"]):
+            continue
+        vals = ["1,000", "2,048", "1,024", "3,000", "40", str(launch["programs"])]
+        print(",".join('"%s"' % v for v in [i, 1, "python3", "h", launch["function"], 1, 7, "(128, 1, 1)",
+                                             "(%d, 1, 1)" % launch["programs"], 0, "9.0", *vals]))
+        i += 1
+        if i == 1:  # a kernel of torch's own, which the name filter would have dropped
+            row = [i, 1, "python3", "h", "elementwise_kernel", 1, 7, "(128, 1, 1)", "(4, 1, 1)", 0, "9.0",
+                   "5", "0", "0", "4", "16", "4"]
+            print(",".join('"%s"' % v for v in row))
+            i += 1
+    sys.exit(0)
+regex = a[a.index("--kernel-name") + 1].removeprefix("regex:")
+out = a[a.index("-o") + 1]
+app = a[a.index("-o") + 2:]
+rc = subprocess.run(app).returncode
+json.dump({"manifest": app[app.index("--manifest") + 1], "regex": regex}, open(out + ".ncu-rep", "w"))
+print("==PROF== Disconnected"); sys.exit(rc)
+"""
+
+
+def test_ncu_run_end_to_end_with_a_stand_in_ncu(tmp_path):
+    """run_main's commands, metric check, import options, parsing and join, with the launcher really run
+    (CPU tensors, plain-PyTorch path) under a fake ncu."""
+    fake = tmp_path / "ncu"
+    fake.write_text(FAKE_NCU.replace("#!PYTHON", "#!" + sys.executable))
+    fake.chmod(0o755)
+    out, raw = tmp_path / "p4_ncu.json", tmp_path / "p4_ncu_raw.csv"
+    res = ncu_kernels.run_main(out, raw, 120, tmp_path / "no_predictions", 2, ["float32"], ncu=str(fake),
+                               ops=["relu_max_pool2d"])
+    assert res["manifest_launches"] == 2 and res["rows_profiled"] == 3
+    assert res["unmatched"] == [], res
+    functions = [launch["function"] for launch in res["launches"]]
+    assert functions == ["_pool_fwd_kernel", "_pool_bwd_block_kernel"]
+    assert all(launch["measured"]["dram_bytes"] == 3072 for launch in res["launches"])
+    assert "sm__sass_thread_inst_executed.sum" not in res["ncu_attempt_0"]["metrics"]  # not listed: dropped
+    assert "launch__grid_size" in res["ncu_attempt_0"]["metrics"]  # launch metrics are always kept
+    assert json.loads(out.read_text())["rows_profiled"] == 3 and raw.read_text().startswith('"ID"')
+
+
 def synthetic_parts(tmp: Path) -> None:
     meta = {
         "device": "NVIDIA H100 80GB HBM3",
