@@ -65,16 +65,13 @@ def test_compile_finds_every_pattern_forward_and_backward():
     assert_close_verbose(xc.grad, xe.grad, TOL, name="backward")
 
 
-def test_compile_fusion_in_inference_graphs_and_only_while_enabled():
+def test_compile_fusion_in_inference_graphs():
     x = torch.randn(2, 8, 13, 13)
     with torch.no_grad():
         with kernels.enable_compile_fusion(lrn=LRN, pool=POOL), kernels.triton_disabled():
             out, code = run_and_get_code(torch.compile(patterns, fullgraph=True), x)
         assert fused_ops(code) == ["max_pool2d", "relu_lrn", "relu_lrn_max_pool2d", "relu_max_pool2d"]
         assert inductor_config.joint_custom_pre_pass is None  # the context manager restored it
-        torch._dynamo.reset()
-        _, code = run_and_get_code(torch.compile(patterns, fullgraph=True), x)
-        assert fused_ops(code) == []  # Inductor's own code without the pass
     assert_close_verbose(out, patterns(x), TOL, name="inference")
 
 
