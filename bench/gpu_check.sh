@@ -43,7 +43,7 @@ if [ -n "$REHEARSE" ]; then  # tiny sizes, short caps: the code paths, not the n
     P7_S=${P7_S:-150}; MARGIN_S=${MARGIN_S:-5}
 else
     if want 6 || want 7; then LIMIT_S=${LIMIT_S:-300}; else LIMIT_S=${LIMIT_S:-420}; fi
-    P2_S=${P2_S:-130}; P3_S=${P3_S:-80}; P4_S=${P4_S:-75}; P6_S=${P6_S:-170}; P7_S=${P7_S:-115}
+    P2_S=${P2_S:-130}; P3_S=${P3_S:-80}; P4_S=${P4_S:-75}; P6_S=${P6_S:-150}; P7_S=${P7_S:-130}
     MARGIN_S=${MARGIN_S:-10}
 fi
 elapsed() { echo $(( $(date +%s) - script_start )); }
@@ -150,14 +150,15 @@ if want 6; then
         --out "$OUT" --max-seconds "$(( t6 - 25 ))" "${extra[@]}" || rc_all=1
 fi
 
-# 7. python -m train.run on the built-in dataset; the two towers as two gloo ranks on the one GPU
+# 7. the two towers as two gloo ranks on the one GPU (bounded, a correctness check: first); then
+#    python -m train.run on the built-in dataset with what is left (stopped by SIGTERM, epochs done kept)
 if want 7; then
-    t7=$(cap "$P7_S")
     extra=()
     [ -n "$REHEARSE" ] && extra=(--rehearse)
-    run_part 7a "$(( t7 * 2 / 3 ))" "$PY" bench/gpu_parts.py train --out "$OUT/p7_train.json" \
-        --budget "$(( t7 * 2 / 3 ))" "${extra[@]}" || rc_all=1
-    run_part 7b "$(cap 90)" "$PY" bench/gpu_parts.py split --out "$OUT/p7_train.json" "${extra[@]}" || rc_all=1
+    run_part 7b "$(cap 60 40)" "$PY" bench/gpu_parts.py split --out "$OUT/p7_train.json" "${extra[@]}" || rc_all=1
+    t7=$(cap "$P7_S")
+    run_part 7a "$t7" "$PY" bench/gpu_parts.py train --out "$OUT/p7_train.json" --budget "$(( t7 - 10 ))" \
+        "${extra[@]}" || rc_all=1
 fi
 
 rm -rf "$PRED_DIR" "$PRED_DIR.log" "$OUT"/*.tmp 2>/dev/null
