@@ -56,12 +56,24 @@ cap() {  # cap SECONDS [RESERVE]: min(SECONDS, what is left less RESERVE for the
 }
 status=()
 note() { status+=("$1"); echo "gpu_check: $1 ($(elapsed) s)"; }
-run_part() {  # run_part NAME SECONDS cmd...: the command under a hard timeout (its own budget is inside)
+run_part() {  # run_part NAME SECONDS cmd...: the command in its own process group, under a hard limit of
+    # SECONDS + 20 (its own budget is inside): at the limit the whole group (pytest-xdist workers, ncu and its
+    # launcher, data-loader workers, ranks) gets SIGTERM, then SIGKILL, so nothing it started runs on
     local name=$1 secs=$2; shift 2
     echo; echo "== part $name: at most ${secs} s (elapsed $(elapsed) s of $LIMIT_S)"
-    local t0=$(date +%s)
-    timeout -k 10 "$((secs + 20))" "$@"
-    local rc=$?
+    local t0=$(date +%s) rc
+    setsid "$@" &
+    local pid=$! hard=$(( $(date +%s) + secs + 20 ))
+    while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$hard" ]; do sleep 1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "gpu_check: part $name past its limit: stopping its process group"
+        kill -TERM -- "-$pid" 2>/dev/null
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- "-$pid" 2>/dev/null
+    fi
+    wait "$pid"
+    rc=$?
+    kill -KILL -- "-$pid" 2>/dev/null  # anything of the group still left (orphaned workers)
     note "part $name rc=$rc in $(( $(date +%s) - t0 )) s"
     return $rc
 }
@@ -83,11 +95,11 @@ if want 2; then
     t2=$(cap "$P2_S" 120)
     flags=(-q -p bench.pytest_gpu -p no:cacheprovider -o addopts= --continue-on-collection-errors)
     if [ -z "$REHEARSE" ]; then
-        "$PY" -c "import xdist" 2>/dev/null && flags+=(-n "${TEST_WORKERS:-4}")
+        xdist=; "$PY" -c "import xdist" 2>/dev/null && xdist=1
         "$PY" -c "import pytest_timeout" 2>/dev/null && flags+=(--timeout 100)
         sel_cuda=(-m cuda tests)
-        sel_eq=(-m "not cuda" tests/test_ops_lrn.py tests/test_ops_maxpool.py tests/test_ops_relu_maxpool.py
-                tests/test_ops_block.py tests/test_ops_dropout.py tests/test_ops_common.py)
+        sel_eq=(-m "not cuda" tests/test_ops_block.py tests/test_ops_lrn.py tests/test_ops_relu_maxpool.py
+                tests/test_ops_maxpool.py tests/test_ops_dropout.py tests/test_ops_common.py)
         ops_on=cuda
     else  # the dry-run mode of tests/test_ops_cuda.py, and one equivalence test through the wrapper
         sel_cuda=(tests/test_ops_cuda.py -k "relu_lrn_nan_inf")
@@ -97,13 +109,14 @@ if want 2; then
     t2a=$(( t2 * 2 / 3 )); t2_start=$(date +%s)
     GPU_CHECK_TESTS_JSON="$OUT/p2_tests.json" GPU_CHECK_TESTS_LABEL=cuda_marked \
         ALEXNET_CUDA_TESTS_ON=$([ -n "$REHEARSE" ] && echo cpu) \
-        run_part "2a (pytest ${sel_cuda[*]})" "$t2a" "$PY" -m pytest "${flags[@]}" "${sel_cuda[@]}" || rc_all=1
+        run_part "2a (pytest ${sel_cuda[*]})" "$t2a" "$PY" -m pytest "${flags[@]}" \
+        ${xdist:+-n "${TEST_WORKERS:-4}"} "${sel_cuda[@]}" || rc_all=1
     t2b=$(( t2 - ( $(date +%s) - t2_start ) ))  # what part 2a left of part 2's cap, at least 40 s
     t2b=$(cap "$(( t2b > 40 ? t2b : 40 ))" 110)
     GPU_CHECK_TESTS_JSON="$OUT/p2_tests.json" GPU_CHECK_TESTS_LABEL=equivalence_ops_on_gpu \
-        GPU_CHECK_OPS_ON=$ops_on GPU_CHECK_MAX_EXAMPLES=${MAX_EXAMPLES:-$([ -n "$REHEARSE" ] && echo 1 || echo 4)} \
-        run_part "2b (equivalence tests, ops on $ops_on)" "$t2b" "$PY" -m pytest "${flags[@]}" "${sel_eq[@]}" \
-        || rc_all=1
+        GPU_CHECK_OPS_ON=$ops_on GPU_CHECK_MAX_EXAMPLES=${MAX_EXAMPLES:-$([ -n "$REHEARSE" ] && echo 1 || echo 3)} \
+        run_part "2b (equivalence tests, ops on $ops_on)" "$t2b" "$PY" -m pytest "${flags[@]}" \
+        ${xdist:+-n "${EQ_WORKERS:-6}"} "${sel_eq[@]}" || rc_all=1
 fi
 
 # 3. the op benchmark: fused vs eager, float32 and bfloat16, batch 128 (torch.compile is part 6)
@@ -170,5 +183,6 @@ ls -l "$OUT"
 return $rc_all
 }
 
-set -o pipefail
-main 2>&1 | tee -a "$LOG"  # everything printed also goes to the log in $OUT, as it is printed
+# everything printed also goes to the log in $OUT as it is printed; one line, so that bash has read the whole
+# script before it runs (an edit of this file during a run cannot change what runs)
+set -o pipefail; main 2>&1 | tee -a "$LOG"; exit $?
