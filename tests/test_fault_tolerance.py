@@ -126,13 +126,21 @@ class Run:
                                      start_new_session=True, preexec_fn=preexec)
         self.lines: queue.Queue = queue.Queue()
         self.out: list[str] = []
-        self.err = ""
-        threading.Thread(target=self._read, daemon=True).start()
+        self.err_lines: list[str] = []
+        self.readers = [threading.Thread(target=self._read, args=args, daemon=True) for args in
+                        ((self.proc.stdout, self.lines.put), (self.proc.stderr, self.err_lines.append))]
+        for t in self.readers:
+            t.start()
 
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
+    @staticmethod
+    def _read(stream, put):
+        for line in stream:
+            put(line)
+        put(None)
+
+    @property
+    def err(self) -> str:
+        return "".join(line for line in self.err_lines if line is not None)
 
     def wait_for(self, prefix: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -147,16 +155,18 @@ class Run:
             if line.startswith(prefix):
                 return
         self.kill()
-        pytest.fail(f"no line starting with {prefix!r}: {''.join(self.out)}")
+        pytest.fail(f"no line starting with {prefix!r}: {''.join(self.out)}{self.err}")
 
     def finish(self, timeout: float) -> int:
         """The exit code; fails (after killing everything) if the run has not ended within ``timeout``."""
         try:
-            _, self.err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"train.run still running {timeout:.0f} s after the signal (it hangs)")
-        while (line := self.lines.get(timeout=10)) is not None:
+        for t in self.readers:   # (the pipes close when the last process holding them ends)
+            t.join(timeout=30)
+        while not self.lines.empty() and (line := self.lines.get()) is not None:
             self.out.append(line)
         return self.proc.returncode
 
