@@ -55,11 +55,27 @@ def source_fingerprint(dirs=SOURCE_DIRS, root: Path = REPO) -> str:
 
 
 def commit_info() -> dict:
-    """Which code ran: git's commit where git works; else .git/HEAD read directly; else what
-    ``--prepare`` wrote before the tree was sent (with a check that the sources are still those)."""
+    """Which code ran. The record ``--prepare`` wrote just before the tree was sent wins when the sources
+    are still those it fingerprinted (a GPU machine may hold a stale .git: one reported a commit hours
+    old); else git's answer, marked unverified when a prepared record disagrees; else .git/HEAD read
+    directly. ``git_commit_by_git`` keeps what git itself said."""
     import json
-    info: dict = {"git_commit": git_commit(), "kernels_sha256": source_fingerprint(("kernels",)),
-                  "sources_sha256": source_fingerprint()}
+    info: dict = {"git_commit": None, "git_commit_by_git": git_commit(),
+                  "kernels_sha256": source_fingerprint(("kernels",)), "sources_sha256": source_fingerprint()}
+    if PREPARED.exists():
+        try:
+            prep = json.loads(PREPARED.read_text())
+            info["prepared"] = prep
+            info["sources_match_prepared"] = prep.get("sources_sha256") == info["sources_sha256"]
+            if info["sources_match_prepared"]:
+                info["git_commit"] = prep.get("git_commit")
+                info["commit_source"] = "prepared (sources match)"
+        except (OSError, ValueError) as exc:
+            info["prepared_error"] = repr(exc)
+    if info["git_commit"] is None and info["git_commit_by_git"]:
+        info["git_commit"] = info["git_commit_by_git"]
+        info["commit_source"] = "git" + (" (unverified: the prepared record's sources differ)"
+                                         if "prepared" in info else "")
     if info["git_commit"] is None:
         head = REPO / ".git" / "HEAD"
         try:
@@ -72,18 +88,10 @@ def commit_info() -> dict:
                 else:
                     packed = (REPO / ".git" / "packed-refs").read_text().splitlines()
                     ref = next(line.split()[0] for line in packed if line.endswith(" " + name))
-            info["git_commit"] = ref + " (read from .git, dirty state unknown)"
+            info["git_commit"] = ref
+            info["commit_source"] = ".git/HEAD read directly (dirty state unknown)"
         except (OSError, StopIteration):
-            pass
-    if PREPARED.exists():
-        try:
-            prep = json.loads(PREPARED.read_text())
-            info["prepared"] = prep
-            info["sources_match_prepared"] = prep.get("sources_sha256") == info["sources_sha256"]
-            if info["git_commit"] is None:
-                info["git_commit"] = prep.get("git_commit")
-        except (OSError, ValueError) as exc:
-            info["prepared_error"] = repr(exc)
+            info["commit_source"] = "unknown"
     return info
 
 
@@ -116,7 +124,7 @@ def env_info(device: torch.device) -> dict:
         "triton": triton_version,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "git_commit": git_commit() or commit_info().get("git_commit"),
+        "git_commit": commit_info().get("git_commit"),
         "cpu_threads": torch.get_num_threads(),
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
     }

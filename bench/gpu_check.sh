@@ -43,7 +43,7 @@ if [ -n "$REHEARSE" ]; then  # tiny sizes, short caps: the code paths, not the n
     P7_S=${P7_S:-150}; MARGIN_S=${MARGIN_S:-5}
 else
     if want 6 || want 7; then LIMIT_S=${LIMIT_S:-300}; else LIMIT_S=${LIMIT_S:-420}; fi
-    P2_S=${P2_S:-130}; P3_S=${P3_S:-80}; P4_S=${P4_S:-75}; P6_S=${P6_S:-150}; P7_S=${P7_S:-130}
+    P2_S=${P2_S:-150}; P3_S=${P3_S:-80}; P4_S=${P4_S:-75}; P6_S=${P6_S:-150}; P7_S=${P7_S:-130}
     MARGIN_S=${MARGIN_S:-10}
 fi
 elapsed() { echo $(( $(date +%s) - script_start )); }

@@ -289,7 +289,8 @@ def render(data: dict, notes: list[str]) -> tuple[str, dict]:
         "",
         f"{env.get('datetime_utc', '')} | driver {env.get('driver')} | torch {env.get('torch')} | triton "
         f"{env.get('triton')} | CUDA {env.get('cuda')} | python {env.get('python')} | commit "
-        f"`{env.get('git_commit')}` (sources match the prepared tree: {env.get('sources_match_prepared')}) | "
+        f"`{env.get('git_commit')}` ({env.get('commit_source')}; the device's git said "
+        f"{env.get('git_commit_by_git')}) | "
         f"ncu {env.get('ncu_version')}",
         "",
     ]
