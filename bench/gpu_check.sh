@@ -62,14 +62,14 @@ run_part() {  # run_part NAME SECONDS cmd...: the command in its own process gro
     local name=$1 secs=$2; shift 2
     echo; echo "== part $name: at most ${secs} s (elapsed $(elapsed) s of $LIMIT_S)"
     local t0=$(date +%s) rc
-    setsid "$@" &
+    if command -v setsid > /dev/null; then setsid "$@" & else "$@" & fi  # no setsid: the command alone
     local pid=$! hard=$(( $(date +%s) + secs + 20 ))
     while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$hard" ]; do sleep 1; done
     if kill -0 "$pid" 2>/dev/null; then
         echo "gpu_check: part $name past its limit: stopping its process group"
-        kill -TERM -- "-$pid" 2>/dev/null
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "-$pid" 2>/dev/null
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
     fi
     wait "$pid"
     rc=$?
