@@ -51,6 +51,44 @@ def use_triton(x: torch.Tensor) -> bool:
     return HAS_TRITON and INTERPRET and x.device.type == "cpu" and not getattr(_state, "disabled", False)
 
 
+# ------------------------------------------------------------------------- eager fast path
+
+
+def _dispatcher_free(args) -> bool:
+    """True where an op may run its implementation without torch's custom-op dispatcher: outside
+    torch.compile's tracing and functorch transforms, with plain tensors only (no fake, functional or
+    other subclass tensors, which need the registered op and its fake)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
+
+
+def fast_path(op, impl):
+    """``op`` (a ``torch.library.custom_op``) as a function that calls ``impl``, the same computation,
+    directly where the dispatcher adds nothing (see ``_dispatcher_free``): a custom op costs tens of
+    microseconds of host time per call in eager mode, which is what small layers are bound by on a
+    GPU. Under torch.compile, with fake tensors and under functorch, ``op`` runs as registered."""
+    def call(*args):
+        return impl(*args) if _dispatcher_free(args) else op(*args)
+    call.op = op
+    return call
+
+
+def eager_autograd(name: str, forward, setup_context, backward):
+    """A ``torch.autograd.Function`` with the forward, ``setup_context`` and backward an op registers
+    with ``register_autograd``: the op's eager path (``fast_path(op, Fn.apply)``), bit for bit the same
+    computation. Its backward is once-differentiable, as the registered op's is."""
+    def _forward(ctx, *inputs):  # the classic form: apply() then skips binding defaults by signature
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(_forward),
+        "backward": staticmethod(torch.autograd.function.once_differentiable(backward)),
+    })
+
+
 # ----------------------------------------------------------------------------------------- checks
 
 
@@ -141,6 +179,11 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
 
 def dense(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     return x.contiguous(memory_format=fmt)
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints, on the host (``triton.cdiv`` unwraps constexprs: slow on a launch's path)."""
+    return -(-a // b)
 
 
 # ------------------------------------------------------------------------------- launch configs

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Config, launch, tl, triton, use_triton
+from ._common import Config, cdiv, launch, tl, triton, use_triton
 
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -169,8 +169,8 @@ def augment(images: torch.Tensor, params: torch.Tensor, shift: torch.Tensor, cro
         return out
     images, params, shift = images.contiguous(), params.contiguous(), shift.contiguous()
     cfg = _config(crop, rows_per_program)
-    row_blocks = triton.cdiv(crop, cfg.constexprs["BLOCK_R"])
-    col_blocks = triton.cdiv(crop, cfg.constexprs["BLOCK_C"])
+    row_blocks = cdiv(crop, cfg.constexprs["BLOCK_R"])
+    col_blocks = cdiv(crop, cfg.constexprs["BLOCK_C"])
     launch("augment", _augment_kernel, (m * row_blocks * col_blocks,),
            (images, out, params, shift, gain, h, w, crop, row_blocks, col_blocks), cfg, images.device,
            SRC_HWC=layout == "hwc", OUT_CL=channels_last)

@@ -12,10 +12,13 @@ import torch
 
 from ._common import (
     Config,
+    cdiv,
     check_lrn_args,
     check_same_device,
     check_tensor,
     dense,
+    eager_autograd,
+    fast_path,
     launch,
     memory_format,
     pool_args,
@@ -187,7 +190,7 @@ def _block_forward(x, kernel, stride, padding, lrn):
         launch_walk_forward(x, y, am, pool, *lrn)
         return y, am
     cfg = _FWD_CONFIGS[fmt] if x.dtype != torch.float64 else _FWD_CONFIG_F64  # float64: no spills on sm_80
-    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(oh * ow, cfg.constexprs["BLOCK_P"]) * n,)
+    grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(oh * ow, cfg.constexprs["BLOCK_P"]) * n,)
     launch("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
            (x, y, am, c, h, w, ow, oh * ow, *strides(x.shape, fmt), *strides(y.shape, fmt), *kernel, *stride,
             *padding, *_lrn_launch_args(lrn)), cfg, x.device, (kernel[0], kernel[1], lrn[0]),
@@ -215,7 +218,7 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
         launch_walk_backward(x, dy, am, dx, pool, *lrn)
         return dx
     cfg = _BWD_CONFIGS[fmt]
-    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
+    grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     launch("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *strides(x.shape, fmt), *strides(dy.shape, fmt),
             *kernel, *stride, *padding, *_lrn_launch_args(lrn)), cfg, dy.device,
@@ -231,7 +234,7 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
 def relu_lrn_max_pool2d_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
                            kernel_size: list[int], stride: list[int],
                            padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _block_forward(x, kernel_size, stride, padding, (size, alpha, beta, k))
+    return _block_forward_args(x, size, alpha, beta, k, kernel_size, stride, padding)
 
 
 @relu_lrn_max_pool2d_op.register_fake
@@ -243,7 +246,7 @@ def _(x, size, alpha, beta, k, kernel_size, stride, padding):
 def relu_lrn_max_pool2d_backward_op(dy: torch.Tensor, argmax: torch.Tensor, x: torch.Tensor, size: int,
                                     alpha: float, beta: float, k: float, kernel_size: list[int],
                                     stride: list[int], padding: list[int]) -> torch.Tensor:
-    return _block_backward(dy, argmax, x, kernel_size, stride, padding, (size, alpha, beta, k))
+    return _block_backward_args(dy, argmax, x, size, alpha, beta, k, kernel_size, stride, padding)
 
 
 @relu_lrn_max_pool2d_backward_op.register_fake
@@ -259,10 +262,21 @@ def _block_setup_context(ctx, inputs, output):
 
 def _block_backward_fn(ctx, dy, _d_argmax):
     x, argmax = ctx.saved_tensors
-    return (relu_lrn_max_pool2d_backward_op(dy, argmax, x, *ctx.args),) + (None,) * 7
+    return (_block_bwd(dy, argmax, x, *ctx.args),) + (None,) * 7
+
+
+def _block_forward_args(x, size, alpha, beta, k, kernel_size, stride, padding):
+    return _block_forward(x, kernel_size, stride, padding, (size, alpha, beta, k))
+
+
+def _block_backward_args(dy, argmax, x, size, alpha, beta, k, kernel_size, stride, padding):
+    return _block_backward(dy, argmax, x, kernel_size, stride, padding, (size, alpha, beta, k))
 
 
 relu_lrn_max_pool2d_op.register_autograd(_block_backward_fn, setup_context=_block_setup_context)
+_block_bwd = fast_path(relu_lrn_max_pool2d_backward_op, _block_backward_args)
+_block = fast_path(relu_lrn_max_pool2d_op, eager_autograd("ReluLRNMaxPool2d", _block_forward_args,
+                                                          _block_setup_context, _block_backward_fn).apply)
 
 
 # ----------------------------------------------------------------------------------------- public
@@ -275,5 +289,4 @@ def relu_lrn_max_pool2d(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, bet
     check_tensor("relu_lrn_max_pool2d", x, ndim=4)
     check_lrn_args("relu_lrn_max_pool2d", size, alpha, beta, k)
     kernel, stride, padding, _ = pool_args("relu_lrn_max_pool2d", x, kernel_size, stride, padding)
-    return relu_lrn_max_pool2d_op(x, size, float(alpha), float(beta), float(k), list(kernel), list(stride),
-                                  list(padding))[0]
+    return _block(x, size, float(alpha), float(beta), float(k), list(kernel), list(stride), list(padding))[0]

@@ -21,9 +21,12 @@ import torch
 
 from ._common import (
     Config,
+    cdiv,
     check_p,
     check_same_device,
     check_tensor,
+    eager_autograd,
+    fast_path,
     launch,
     tl,
     triton,
@@ -261,13 +264,13 @@ def _launch_dropout(x: torch.Tensor, y: torch.Tensor, seed: torch.Tensor | None,
     cfg = _CONFIG if remap is None else _remap_config(remap[0])
     block = cfg.constexprs["BLOCK"]
     if remap is None:
-        grid = (triton.cdiv(numel, block),)
+        grid = (cdiv(numel, block),)
         geometry = (0, 0, 0, 0)
         last, aligned = numel, True
     else:
         cols, row0, col0, width = remap
         rows = numel // cols
-        ncb = triton.cdiv(cols, block)
+        ncb = cdiv(cols, block)
         grid = (rows * ncb,)
         geometry = (cols, ncb, width, row0 * width + col0)
         last, aligned = (row0 + rows) * width, col0 % 4 == 0 and width % 4 == 0
@@ -316,7 +319,7 @@ def _relu_dropout_backward(dy: torch.Tensor, y: torch.Tensor, p: float) -> torch
     if not use_triton(y):
         return dx.copy_(torch.where(y > 0, dy * scale, torch.zeros_like(dy)))
     block = _BWD_CONFIG.constexprs["BLOCK"]
-    launch("relu_dropout_bwd", _relu_dropout_bwd_kernel, (triton.cdiv(y.numel(), block),),
+    launch("relu_dropout_bwd", _relu_dropout_bwd_kernel, (cdiv(y.numel(), block),),
            (dy, y, dx, y.numel(), scale), _BWD_CONFIG, y.device, BIG=y.numel() + block > _INT32_MAX)
     return dx
 
@@ -330,7 +333,7 @@ def _relu_dropout_backward(dy: torch.Tensor, y: torch.Tensor, p: float) -> torch
 @torch.library.custom_op("alexnet_triton::dropout", mutates_args=())
 def dropout_op(x: torch.Tensor, seed: torch.Tensor | None, p: float, row0: int = 0, col0: int = 0,
                width: int = 0, seed_value: int = 0) -> torch.Tensor:
-    return _dropout_forward(x, seed, seed_value, p, False, row0, col0, width)
+    return _dropout_impl(x, seed, p, row0, col0, width, seed_value)
 
 
 def _fake_output(x, row0, col0, width):
@@ -352,16 +355,22 @@ def _dropout_setup_context(ctx, inputs, output):
 def _dropout_backward(ctx, dy):
     (seed,) = ctx.saved_tensors
     # the same memory order as the forward, so element i meets the same Philox counter
-    return (dropout_op(_in_layout(dy, ctx.channels_last), seed, *ctx.args),) + (None,) * 6
+    return (_dropout(_in_layout(dy, ctx.channels_last), seed, *ctx.args),) + (None,) * 6
+
+
+def _dropout_impl(x, seed, p, row0, col0, width, seed_value):
+    return _dropout_forward(x, seed, seed_value, p, False, row0, col0, width)
 
 
 dropout_op.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
+_dropout = fast_path(dropout_op, eager_autograd("Dropout", _dropout_impl, _dropout_setup_context,
+                                                _dropout_backward).apply)
 
 
 @torch.library.custom_op("alexnet_triton::relu_dropout", mutates_args=())
 def relu_dropout_op(x: torch.Tensor, seed: torch.Tensor | None, p: float, row0: int = 0, col0: int = 0,
                     width: int = 0, seed_value: int = 0) -> torch.Tensor:
-    return _dropout_forward(x, seed, seed_value, p, True, row0, col0, width)
+    return _relu_dropout_impl(x, seed, p, row0, col0, width, seed_value)
 
 
 @relu_dropout_op.register_fake
@@ -386,10 +395,18 @@ def _relu_dropout_setup_context(ctx, inputs, output):
 
 def _relu_dropout_backward_fn(ctx, dy):
     (y,) = ctx.saved_tensors
-    return (relu_dropout_backward_op(dy, y, ctx.p),) + (None,) * 6
+    return (_relu_dropout_bwd(dy, y, ctx.p),) + (None,) * 6
+
+
+def _relu_dropout_impl(x, seed, p, row0, col0, width, seed_value):
+    return _dropout_forward(x, seed, seed_value, p, True, row0, col0, width)
 
 
 relu_dropout_op.register_autograd(_relu_dropout_backward_fn, setup_context=_relu_dropout_setup_context)
+_relu_dropout_bwd = fast_path(relu_dropout_backward_op, _relu_dropout_backward)
+_relu_dropout = fast_path(relu_dropout_op, eager_autograd("ReluDropout", _relu_dropout_impl,
+                                                          _relu_dropout_setup_context,
+                                                          _relu_dropout_backward_fn).apply)
 
 
 # ----------------------------------------------------------------------------------------- public
@@ -444,7 +461,7 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=None, *
     if not training or p == 0.0:
         return x
     seed_t, seed_value = _seed_args(seed, x.device)
-    return dropout_op(x, seed_t, p, *pos, seed_value)
+    return _dropout(x, seed_t, p, *pos, seed_value)
 
 
 def relu_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=None, *,
@@ -457,4 +474,4 @@ def relu_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, seed=No
     if not training:
         p = 0.0
     seed_t, seed_value = _seed_args(seed if p > 0 else 0, x.device)
-    return relu_dropout_op(x, seed_t, p, *pos, seed_value)
+    return _relu_dropout(x, seed_t, p, *pos, seed_value)

@@ -11,14 +11,20 @@ block (``kernels/block.py``, POOL=True).
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 
 from ._common import (
     Config,
+    cdiv,
     check_lrn_args,
     check_same_device,
     check_tensor,
     dense,
+    eager_autograd,
+    fast_path,
     launch,
     memory_format,
     tl,
@@ -555,7 +561,8 @@ def strides(shape, fmt) -> tuple[int, int, int, int]:
 
 def needs_int64(*tensors) -> bool:
     """Offsets inside one image are int32 unless an image (input or output) nears 2^31 elements."""
-    return any(t[0].numel() >= 2**31 - 2**24 for t in tensors if t.dim() == 4 and t.shape[0] > 0)
+    return any(t.shape[0] > 0 and t.shape[1] * t.shape[2] * t.shape[3] >= 2**31 - 2**24
+               for t in tensors if t.dim() == 4)
 
 
 def _chunk(c: int, size: int, halo: int, target: int = _WALK_CHANNELS) -> int:
@@ -605,12 +612,12 @@ def _cdiv_trunc(a: int, b: int) -> int:
 def _flat_block(cells: int) -> int:
     """Threads per program of the pooled walks (one patch or pixel block each): the block of 32, 64 or
     128 that wastes least of the plane's cells."""
-    return -min((triton.cdiv(cells, b) * b / cells, -b) for b in (128, 64, 32))[1]
+    return -min((cdiv(cells, b) * b / cells, -b) for b in (128, 64, 32))[1]
 
 
 def _pixel_block(hw: int) -> tuple[int, int]:
     """(pixels per program, warps): 4 pixels per thread, the block that wastes least of the plane."""
-    best = min((triton.cdiv(hw, b) * b / hw, -b) for b in (512, 256, 128))
+    best = min((cdiv(hw, b) * b / hw, -b) for b in (512, 256, 128))
     b = -best[1]
     return b, b // 128
 
@@ -655,60 +662,83 @@ def _pool_constexprs(pool):
 def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
     """relu_lrn (pool None) or relu_lrn_max_pool2d (pool = (kernel, stride, padding)) forward, NCHW."""
     n, c, h, w = x.shape
-    chunk = _chunk(c, size, size - 1)
-    n_cb = triton.cdiv(c, chunk)
-    if pool is None:
-        bc, warps = _pixel_block(h * w)
-        br, n_t, n_tc, tow = 1, triton.cdiv(h * w, bc), 1, 1
-        consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0)
-        oh, ow = h, w
-    else:
-        tow = walk_forward_fits(size, pool, x.dtype)
-        oh, ow = y.shape[2:]
-        n_pr, n_tc = oh, triton.cdiv(ow, tow)  # the plane's grid of patches
-        br, bc = 1, _flat_block(n_pr * n_tc)
-        n_t = triton.cdiv(n_pr * n_tc, br * bc)
-        consts = _pool_constexprs(pool)
-        warps = bc // 32
-    cfg = Config(dict(SIZE=size, BETA=float(beta), POOL=pool is not None, TOH=1, TOW=tow, BR=br, BC=bc,
-                      CHUNK=chunk, BIG=needs_int64(x, y), IN_PLANE=pool is not None or h * w >= br * bc,
-                      **consts), num_warps=warps)
-    launch("relu_lrn_fwd" if pool is None else "relu_lrn_max_pool2d_fwd", _lrn_fwd_walk_kernel,
-           (n_cb * n_t * n,), (x, y, y if am is None else am, c, h, w, oh, ow, n_cb, n_t, n_tc,
-                               alpha / size, k), cfg, x.device,
-           _fwd_trips(c, chunk, size) if pool is None else (_mean_groups(c, chunk, size, size - 1),))
+    oh, ow = y.shape[2:]
+    grid, cfg, trips = _fwd_plan(n, c, h, w, oh, ow, x.dtype, pool, size, float(beta), needs_int64(x, y))
+    launch("relu_lrn_fwd" if pool is None else "relu_lrn_max_pool2d_fwd", _lrn_fwd_walk_kernel, grid,
+           (x, y, y if am is None else am, c, h, w, oh, ow, cfg.n_cb, cfg.n_t, cfg.n_tc, alpha / size, k),
+           cfg, x.device, trips)
 
 
 def launch_walk_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
     """relu_lrn (pool None) or relu_lrn_max_pool2d backward, NCHW; with pool, dy and am are pooled."""
     n, c, h, w = x.shape
+    oh, ow = dy.shape[2:]
+    grid, cfg, trips = _bwd_plan(n, c, h, w, x.dtype, pool, size, float(beta), needs_int64(x, dy))
+    launch("relu_lrn_bwd" if pool is None else "relu_lrn_max_pool2d_bwd", _lrn_bwd_walk_kernel, grid,
+           (x, dy, dx if am is None else am, dx, c, h, w, oh, ow, cfg.n_cb, cfg.n_t, cfg.n_tc, alpha / size,
+            k), cfg, x.device, trips)
+
+
+@dataclass(frozen=True)
+class _WalkConfig(Config):
+    """A walk's launch configuration and the grid's factors the kernel decodes its program id with."""
+
+    n_cb: int = 1  # channel chunks
+    n_t: int = 1  # pixel (or patch) blocks per image
+    n_tc: int = 1  # patch or pixel-block columns (pooled walks)
+
+    __hash__ = Config.__hash__
+
+
+# The launch plans are pure functions of the shapes and settings, cached: an op's host work per call is a
+# dictionary lookup (the host time per call is what small AlexNet layers are bound by on a GPU).
+@functools.lru_cache(maxsize=256)
+def _fwd_plan(n, c, h, w, oh, ow, dtype, pool, size, beta, big):
+    chunk = _chunk(c, size, size - 1)
+    n_cb = cdiv(c, chunk)
+    if pool is None:
+        bc, warps = _pixel_block(h * w)
+        br, n_t, n_tc, tow = 1, cdiv(h * w, bc), 1, 1
+        consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0)
+    else:
+        tow = walk_forward_fits(size, pool, dtype)
+        n_pr, n_tc = oh, cdiv(ow, tow)  # the plane's grid of patches
+        br, bc = 1, _flat_block(n_pr * n_tc)
+        n_t = cdiv(n_pr * n_tc, br * bc)
+        consts = _pool_constexprs(pool)
+        warps = bc // 32
+    cfg = _WalkConfig(dict(SIZE=size, BETA=beta, POOL=pool is not None, TOH=1, TOW=tow, BR=br, BC=bc,
+                           CHUNK=chunk, BIG=big, IN_PLANE=pool is not None or h * w >= br * bc, **consts),
+                      num_warps=warps, n_cb=n_cb, n_t=n_t, n_tc=n_tc)
+    trips = _fwd_trips(c, chunk, size) if pool is None else (_mean_groups(c, chunk, size, size - 1),)
+    return (n_cb * n_t * n,), cfg, trips
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_plan(n, c, h, w, dtype, pool, size, beta, big):
     # long chunks: each costs a halo of 2 * (size - 1) channels and three bound-checked groups; the price
     # is fewer programs (AlexNet's conv2 LRN: 768 of 2 warps), for a GPU run to weigh
     chunk = _chunk(c, size, 2 * size - 2, 4 * _WALK_CHANNELS)
-    n_cb = triton.cdiv(c, chunk)
+    n_cb = cdiv(c, chunk)
     if pool is None:
         bc, warps = _pixel_block(h * w)
-        if bc == 256 and x.dtype == torch.float32:  # 4 float32 pixels a thread over 2 warps: ptxas spills
+        if bc == 256 and dtype == torch.float32:  # 4 float32 pixels a thread over 2 warps: ptxas spills
             warps = 4
-        br, n_t, n_tc = 1, triton.cdiv(h * w, bc), 1
+        br, n_t, n_tc = 1, cdiv(h * w, bc), 1
         consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0, OH_LO=0, NWH=1, OW_LO=0, NWW=1)
-        oh, ow = h, w
     else:
         (kh, kw), (sh, sw), (ph, pw) = pool
-        oh, ow = dy.shape[2:]
-        n_br, n_tc = triton.cdiv(h, sh), triton.cdiv(w, sw)  # the plane's grid of pixel blocks
+        n_br, n_tc = cdiv(h, sh), cdiv(w, sw)  # the plane's grid of pixel blocks
         br, bc = 1, _flat_block(n_br * n_tc)
-        n_t = triton.cdiv(n_br * n_tc, br * bc)
+        n_t = cdiv(n_br * n_tc, br * bc)
         (oh_lo, nwh), (ow_lo, nww) = _windows(kh, sh, ph), _windows(kw, sw, pw)
         consts = dict(**_pool_constexprs(pool), OH_LO=oh_lo, NWH=nwh, OW_LO=ow_lo, NWW=nww)
         warps = bc // 32
-    cfg = Config(dict(SIZE=size, BETA=float(beta), POOL=pool is not None, BR=br, BC=bc, CHUNK=chunk,
-                      BIG=needs_int64(x, dy), IN_PLANE=pool is not None or h * w >= br * bc, **consts),
-                 num_warps=warps)
-    launch("relu_lrn_bwd" if pool is None else "relu_lrn_max_pool2d_bwd", _lrn_bwd_walk_kernel,
-           (n_cb * n_t * n,), (x, dy, dx if am is None else am, dx, c, h, w, oh, ow, n_cb, n_t, n_tc,
-                               alpha / size, k), cfg, x.device,
-           _bwd_trips(c, chunk, size) if pool is None else (_mean_groups(c, chunk, size, 2 * size - 2),))
+    cfg = _WalkConfig(dict(SIZE=size, BETA=beta, POOL=pool is not None, BR=br, BC=bc, CHUNK=chunk, BIG=big,
+                           IN_PLANE=pool is not None or h * w >= br * bc, **consts),
+                      num_warps=warps, n_cb=n_cb, n_t=n_t, n_tc=n_tc)
+    trips = _bwd_trips(c, chunk, size) if pool is None else (_mean_groups(c, chunk, size, 2 * size - 2),)
+    return (n_cb * n_t * n,), cfg, trips
 
 
 def _lrn_window(size: int) -> int:
@@ -719,7 +749,7 @@ def _launch_tile(kernel, name, tensors, x, fmt, size, alpha, beta, k) -> None:
     n, c, h, w = x.shape
     cfg = _TILE_FWD if kernel is _relu_lrn_fwd_kernel else _TILE_BWD
     s_n, s_c, _, s_w = strides(x.shape, fmt)
-    grid = (triton.cdiv(c, cfg.constexprs["BLOCK_C"]) * triton.cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
+    grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     launch(name, kernel, grid, (*tensors, c, h * w, s_n, s_c, s_w, alpha / size, k), cfg, x.device, (),
            SIZE=size, BETA=float(beta), BIG=needs_int64(x))
 
@@ -821,10 +851,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     (x,) = ctx.saved_tensors
-    return relu_lrn_backward_op(dy, x, *ctx.args), None, None, None, None
+    return _relu_lrn_bwd(dy, x, *ctx.args), None, None, None, None
 
 
 relu_lrn_op.register_autograd(_backward, setup_context=_setup_context)
+_relu_lrn_bwd = fast_path(relu_lrn_backward_op, _relu_lrn_backward)
+_relu_lrn = fast_path(relu_lrn_op,
+                      eager_autograd("ReluLRN", _relu_lrn_forward, _setup_context, _backward).apply)
 
 
 # ----------------------------------------------------------------------------------------- public
@@ -837,4 +870,4 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     alpha is divided by ``size`` (PyTorch's, Caffe's and cuda-convnet's convention)."""
     check_tensor("relu_lrn", x, ndim=4)
     check_lrn_args("relu_lrn", size, alpha, beta, k)
-    return relu_lrn_op(x, size, float(alpha), float(beta), float(k))
+    return _relu_lrn(x, size, float(alpha), float(beta), float(k))

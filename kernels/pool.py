@@ -59,9 +59,12 @@ import torch
 
 from ._common import (
     Config,
+    cdiv,
     check_same_device,
     check_tensor,
     dense,
+    eager_autograd,
+    fast_path,
     launch,
     memory_format,
     tl,
@@ -562,9 +565,9 @@ def _magic(d: int) -> tuple[int, int]:
 
 
 def _grid(cfg, lanes, c, fmt):
-    tiles = triton.cdiv(lanes, cfg.constexprs["BLOCK_Q"])
+    tiles = cdiv(lanes, cfg.constexprs["BLOCK_Q"])
     if fmt == torch.channels_last:
-        tiles *= triton.cdiv(c, cfg.constexprs["BLOCK_C"])
+        tiles *= cdiv(c, cfg.constexprs["BLOCK_C"])
     return (tiles,)
 
 
@@ -632,7 +635,7 @@ def _pool_backward(dy, am, input_hw, kernel, stride, padding, relu=False):
         nbh = (h - 1 + padding[0]) // stride[0] + 1
         nbw = (w - 1 + padding[1]) // stride[1] + 1
         nb = 1 if cl else 2
-        nl = triton.cdiv(nbw, nb)
+        nl = cdiv(nbw, nb)
         lanes = planes * nl
         span = (nbh + 1) * stride[0] * (nl * nb + 1) * stride[1]  # what a plane's lanes may address
         flags = _int64_flags(c * span, n * c * span, lanes + cfg.constexprs["BLOCK_Q"])
@@ -680,10 +683,21 @@ def _pool_setup_context(ctx, inputs, output):
 
 def _pool_backward_fn(ctx, dy, _d_argmax):
     (argmax,) = ctx.saved_tensors
-    return max_pool2d_backward_op(dy, argmax, *ctx.args), None, None, None, None
+    return _max_pool2d_bwd(dy, argmax, *ctx.args), None, None, None, None
+
+
+def _max_pool2d_impl(x, kernel_size, stride, padding, ceil_mode=False):
+    return _pool_forward(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+
+
+def _max_pool2d_backward_impl(dy, argmax, input_hw, kernel_size, stride, padding):
+    return _pool_backward(dy, argmax, input_hw, kernel_size, stride, padding)
 
 
 max_pool2d_op.register_autograd(_pool_backward_fn, setup_context=_pool_setup_context)
+_max_pool2d_bwd = fast_path(max_pool2d_backward_op, _max_pool2d_backward_impl)
+_max_pool2d = fast_path(max_pool2d_op, eager_autograd("MaxPool2d", _max_pool2d_impl, _pool_setup_context,
+                                                      _pool_backward_fn).apply)
 
 
 @torch.library.custom_op("alexnet_triton::relu_max_pool2d", mutates_args=())
@@ -711,10 +725,22 @@ def _(dy, argmax, input_hw, kernel_size, stride, padding):
 
 def _relu_pool_backward_fn(ctx, dy, _d_argmax):
     (argmax,) = ctx.saved_tensors
-    return relu_max_pool2d_backward_op(dy, argmax, *ctx.args), None, None, None, None
+    return _relu_max_pool2d_bwd(dy, argmax, *ctx.args), None, None, None, None
+
+
+def _relu_max_pool2d_impl(x, kernel_size, stride, padding, ceil_mode=False):
+    return _pool_forward(x, kernel_size, stride, padding, relu=True, ceil_mode=ceil_mode)
+
+
+def _relu_max_pool2d_backward_impl(dy, argmax, input_hw, kernel_size, stride, padding):
+    return _pool_backward(dy, argmax, input_hw, kernel_size, stride, padding, relu=True)
 
 
 relu_max_pool2d_op.register_autograd(_relu_pool_backward_fn, setup_context=_pool_setup_context)
+_relu_max_pool2d_bwd = fast_path(relu_max_pool2d_backward_op, _relu_max_pool2d_backward_impl)
+_relu_max_pool2d = fast_path(relu_max_pool2d_op, eager_autograd("ReLUMaxPool2d", _relu_max_pool2d_impl,
+                                                                _pool_setup_context,
+                                                                _relu_pool_backward_fn).apply)
 
 
 # ----------------------------------------------------------------------------------------- public
@@ -739,7 +765,7 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0, dilation=1, 
 
     ``stride=None`` means ``kernel_size``, as in PyTorch. ``dilation`` other than 1 and
     ``return_indices=True`` raise a ValueError that names ``F.max_pool2d`` as the alternative."""
-    return _pool("max_pool2d", max_pool2d_op, x, kernel_size, stride, padding, dilation, ceil_mode,
+    return _pool("max_pool2d", _max_pool2d, x, kernel_size, stride, padding, dilation, ceil_mode,
                  return_indices)
 
 
@@ -751,5 +777,5 @@ def relu_max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, padding=0, dilatio
 
     ``stride=None`` means ``kernel_size``, as in PyTorch; ``dilation`` and ``return_indices`` as in
     ``max_pool2d``."""
-    return _pool("relu_max_pool2d", relu_max_pool2d_op, x, kernel_size, stride, padding, dilation, ceil_mode,
+    return _pool("relu_max_pool2d", _relu_max_pool2d, x, kernel_size, stride, padding, dilation, ceil_mode,
                  return_indices)

@@ -361,11 +361,14 @@ def pool_shapes(draw, kernel, padding, max_n=2, max_c=12, max_hw=15):
     return (n, c, h, w)
 
 
-def ambiguous_windows(y: torch.Tensor, kernel, stride, padding, dtype: torch.dtype) -> torch.Tensor:
+def ambiguous_windows(y: torch.Tensor, kernel, stride, padding, dtype: torch.dtype,
+                      ties: bool = False) -> torch.Tensor:
     """Bool mask over the pooled output: windows of ``y`` (float32, the reference LRN output) whose
     winner is decided by rounding: a runner-up within a few ulps of the maximum but not equal to it.
     Exact ties (from equal inputs) are not ambiguous: they must go to the first maximum. The fused
-    op's gradient may legitimately go to either element of an ambiguous window."""
+    op's gradient may legitimately go to either element of an ambiguous window. ``ties``: count exact
+    ties of the reference as ambiguous too (on a GPU the op's LRN values, with fast 1/sqrt, may split a
+    tie of PyTorch's values computed from different inputs by an ulp)."""
     kh, kw = pair(kernel)
     sh, sw = pair(stride, kernel)
     ph, pw = pair(padding)
@@ -375,5 +378,7 @@ def ambiguous_windows(y: torch.Tensor, kernel, stride, padding, dtype: torch.dty
     win = win.reshape(*win.shape[:4], kh * kw)
     m = win.max(dim=-1, keepdim=True).values
     rel = 8 * (TOLERANCES[dtype].rtol if dtype != torch.float32 else 1e-5)
-    near = (win >= m - rel * m.abs()) & (win != m)
-    return near.any(dim=-1)
+    near = win >= m - rel * m.abs()
+    if ties:
+        return near.sum(dim=-1) > 1
+    return (near & (win != m)).any(dim=-1)

@@ -9,18 +9,22 @@ import torch
 import kernels
 from kernels import reference
 from tests._utils import (
+    PATHS,
     TOLERANCES,
     assert_close_verbose,
     grad_tol,
     make_grad,
     make_values,
+    on_path,
     to_memory_format,
 )
 
+_POOL = "(x, kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=False, return_indices=False)"
 SIGNATURES = {
     "relu_lrn": "(x, size=5, alpha=0.0001, beta=0.75, k=2.0)",
-    "max_pool2d": "(x, kernel_size=3, stride=2, padding=0)",
-    "relu_max_pool2d": "(x, kernel_size=3, stride=2, padding=0)",
+    # F.max_pool2d's signature (dilation and return_indices are refused with a clear error)
+    "max_pool2d": _POOL,
+    "relu_max_pool2d": _POOL,
     "relu_lrn_max_pool2d": "(x, size=5, alpha=0.0001, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0)",
     # the signature, plus a keyword-only extension (where x sits in a larger tensor's mask)
     "dropout": "(x, p=0.5, training=True, seed=None, *, position=None)",
@@ -97,3 +101,50 @@ def test_compile_fullgraph_dropout_seed_none():
     assert_close_verbose(xk.grad, ratio.view_as(x), TOLERANCES[torch.float32], name="grad = mask * scale")
     both_dropped = float((ratio == 0).float().sum())  # probability 0.5 * 0.25
     assert abs(both_dropped - 500) <= 6 * (4000 * 0.125 * 0.875) ** 0.5, both_dropped
+
+
+# In eager mode the public ops run their implementation through a plain torch.autograd.Function
+# (kernels._common.fast_path): torch's custom-op dispatcher costs tens of microseconds per call. Both
+# routes must be the same computation.
+FAST_PATH_CASES = {
+    "relu_lrn": (lambda x: kernels.relu_lrn(x),
+                 lambda x: torch.ops.alexnet_triton.relu_lrn(x, 5, 1e-4, 0.75, 2.0)),
+    "max_pool2d": (lambda x: kernels.max_pool2d(x), lambda x: torch.ops.alexnet_triton.max_pool2d(
+        x, [3, 3], [2, 2], [0, 0], False)[0]),
+    "relu_max_pool2d": (lambda x: kernels.relu_max_pool2d(x),
+                        lambda x: torch.ops.alexnet_triton.relu_max_pool2d(
+                            x, [3, 3], [2, 2], [0, 0], False)[0]),
+    "relu_lrn_max_pool2d": (lambda x: kernels.relu_lrn_max_pool2d(x),
+                            lambda x: torch.ops.alexnet_triton.relu_lrn_max_pool2d(
+                                x, 5, 1e-4, 0.75, 2.0, [3, 3], [2, 2], [0, 0])[0]),
+    "dropout": (lambda x: kernels.dropout(x, 0.5, True, 77),
+                lambda x: torch.ops.alexnet_triton.dropout(x, None, 0.5, 0, 0, 0, 77)),
+    "relu_dropout": (lambda x: kernels.relu_dropout(x, 0.5, True, 77),
+                     lambda x: torch.ops.alexnet_triton.relu_dropout(x, None, 0.5, 0, 0, 0, 77)),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", sorted(FAST_PATH_CASES))
+def test_eager_fast_path_equals_the_registered_op(path, name):
+    public, registered = FAST_PATH_CASES[name]
+    x = make_values((2, 6, 9, 9), "normal", 3, torch.float32)
+    g = None
+    outs, kinds = [], []
+    with on_path(path):
+        for fn in (public, registered):
+            xk = x.clone().requires_grad_()
+            y = fn(xk)
+            g = make_grad(y.shape, 4, torch.float32) if g is None else g
+            kinds.append(type(y.grad_fn).__name__)
+            (dx,) = torch.autograd.grad(y, xk, g, create_graph=False)
+            outs.append((y.detach(), dx))
+        # once differentiable, as the registered op's backward is: a second derivative raises
+        xk = x.clone().requires_grad_()
+        (dx,) = torch.autograd.grad(public(xk), xk, g, create_graph=True)
+        if dx.requires_grad:
+            with pytest.raises(RuntimeError):
+                torch.autograd.grad(dx.sum(), xk)
+    assert kinds[0] != kinds[1], f"{name}: the public op went through the dispatcher ({kinds})"
+    assert torch.equal(outs[0][0], outs[1][0]), f"{name}: forward differs between the two routes"
+    assert torch.equal(outs[0][1], outs[1][1]), f"{name}: gradient differs between the two routes"

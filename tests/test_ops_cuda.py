@@ -135,11 +135,20 @@ def test_cuda_relu_lrn_max_pool2d_alexnet_sizes(chw, dtype, fmt):
     shape = (BATCH, *chw)
     x = values(shape, "normal", 4, dtype, fmt, scale=10.0)
     lrn = (5, 1e-4, 0.75, 2.0)
-    ambiguous = ambiguous_windows(reference.relu_lrn(x.float(), *lrn), 3, 2, 0, dtype)
-    g = grad(ambiguous.shape, 4, dtype).masked_fill(ambiguous, 0.0)
+    name = f"relu_lrn_max_pool2d {shape} {dtype} {fmt}"
+    # the contract, exactly: max_pool2d of the op's own relu_lrn values, argmax included (the gradient
+    # follows it); compared with the composition of the two ops on the same device, every window
+    own_g = grad((BATCH, chw[0], (chw[1] - 3) // 2 + 1, (chw[2] - 3) // 2 + 1), 4, dtype)
+    out, dx = fwd_bwd(kernels.relu_lrn_max_pool2d, x, own_g, *lrn, 3, 2, 0)
+    own, own_dx = fwd_bwd(lambda t: kernels.max_pool2d(kernels.relu_lrn(t, *lrn), 3, 2, 0), x, own_g)
+    assert torch.equal(bits(out), bits(own)), name + ": not max_pool2d(relu_lrn(x)) bit for bit"
+    assert_close_verbose(dx, own_dx, grad_tol(dtype, own_dx), name=name + " backward against the composition")
+    # against PyTorch: windows whose winner rounding decides (ties of PyTorch's values included: the
+    # op's fast 1/sqrt may split them) take no gradient
+    ambiguous = ambiguous_windows(reference.relu_lrn(x.float(), *lrn), 3, 2, 0, dtype, ties=True)
+    g = own_g.masked_fill(ambiguous, 0.0)
     out, dx = fwd_bwd(kernels.relu_lrn_max_pool2d, x, g, *lrn, 3, 2, 0)
     ref, ref_dx = ref_fwd_bwd(reference.relu_lrn_max_pool2d, x, g, *lrn, 3, 2, 0)
-    name = f"relu_lrn_max_pool2d {shape} {dtype} {fmt}"
     assert_close_verbose(out, ref, TOLERANCES[dtype], name=name)
     assert_memory_format(out, x, name)
     assert_close_verbose(dx, ref_dx, grad_tol(dtype, ref_dx), name=name + " backward")
