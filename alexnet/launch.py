@@ -93,7 +93,8 @@ class LaunchInterrupted(KeyboardInterrupt):
 _TMP_PREFIX = "alexnet-launch-"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -114,7 +115,7 @@ def _remove_stale_dirs() -> None:
         m = re.fullmatch(re.escape(_TMP_PREFIX) + r"(\d+)-.+", name)
         path = os.path.join(base, name)
         try:
-            if m and os.stat(path).st_uid == os.getuid() and not _alive(int(m[1])):
+            if m and os.stat(path).st_uid == os.getuid() and not pid_alive(int(m[1])):
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             pass

@@ -23,6 +23,7 @@ import zlib
 import pytest
 import torch
 
+from tests.test_train import assert_one_line_error
 from train import checkpoint, data, report, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,14 +61,6 @@ def train(capfd, *args) -> tuple[int, str, str]:
     rc = run.main([*TINY, *map(str, args)])
     out, err = capfd.readouterr()
     return rc, out, err
-
-
-def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert rc == 2, f"exit code {rc}, stderr: {err}"
-    assert len(lines) == 1 and "Traceback" not in err, f"not a one-line error:\n{err}"
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
 
 
 def all_finite(ckpt: dict) -> bool:

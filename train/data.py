@@ -34,6 +34,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
+from alexnet.launch import pid_alive
+
 # ImageNet's RGB statistics on [0, 1] pixels, as widely used (DESIGN.md, "The paper's recipe").
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -164,18 +166,8 @@ def _remove_stale_tmp(cache_dir: str) -> None:
     host = socket.gethostname()
     for entry in os.listdir(cache_dir):
         m = re.fullmatch(r"shapes-.+\.tmp-(.+)-(\d+)", entry)
-        if m and m[1] == host and not _alive(int(m[2])):
+        if m and m[1] == host and not pid_alive(int(m[2])):
             shutil.rmtree(os.path.join(cache_dir, entry), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def make_builtin_dataset(cache_dir: str, size: int = 112, train_per_class: int = 500,
