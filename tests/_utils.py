@@ -382,3 +382,18 @@ def ambiguous_windows(y: torch.Tensor, kernel, stride, padding, dtype: torch.dty
     if ties:
         return near.sum(dim=-1) > 1
     return (near & (win != m)).any(dim=-1)
+
+
+def saved_storages(fn, x):
+    """Storages saved for backward by ``fn(x)``, each counted once: ({data_ptr: (nbytes, dtype, shape)},
+    fn's output)."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = (s.nbytes(), t.dtype, tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(x)
+    return storages, out

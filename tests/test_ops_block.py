@@ -35,6 +35,7 @@ from tests._utils import (
     pool_params,
     pool_shapes,
     ref_forward_backward,
+    saved_storages,
     seeds,
     to_memory_format,
     value_kinds,
@@ -256,16 +257,8 @@ def test_relu_lrn_max_pool2d_opcheck(fmt):
 
 
 def saved_bytes(fn, x):
-    """Bytes saved for backward by ``fn(x)``, each storage counted once, and the output."""
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = (s.nbytes(), t.dtype, tuple(t.shape))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(x)
+    """Bytes saved for backward by ``fn(x)``, each storage counted once, the storages, and the output."""
+    storages, out = saved_storages(fn, x)
     return sum(n for n, _, _ in storages.values()), storages, out
 
 

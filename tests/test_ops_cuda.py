@@ -24,6 +24,7 @@ from tests._utils import (
     grad_tol,
     make_grad,
     make_values,
+    saved_storages,
     to_memory_format,
 )
 
@@ -157,16 +158,10 @@ def test_cuda_relu_lrn_max_pool2d_alexnet_sizes(chw, dtype, fmt):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_relu_lrn_max_pool2d_saved_bytes(dtype):
     x = values((BATCH, *CONV2), "normal", 5, dtype).requires_grad_()
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = kernels.relu_lrn_max_pool2d(x)
+    storages, out = saved_storages(kernels.relu_lrn_max_pool2d, x)
+    saved = sum(n for n, _, _ in storages.values())
     budget = x.numel() * x.element_size() + out.numel()
-    assert sum(storages.values()) <= budget, f"saved {sum(storages.values())} > {budget}"
+    assert saved <= budget, f"saved {saved} > {budget}"
 
 
 # -------------------------------------------------------------------------------------- dropout

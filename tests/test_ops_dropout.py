@@ -31,6 +31,7 @@ from tests._utils import (
     make_grad,
     make_values,
     on_path,
+    saved_storages,
     seeds,
     to_memory_format,
 )
@@ -494,19 +495,6 @@ def test_dropout_compile_fullgraph_int_seed_and_position(op_name):
         out.sum().backward()
         results.append((out.detach(), xk.grad))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
-
-
-def saved_storages(fn, x):
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = (s.nbytes(), t.dtype, tuple(t.shape))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(x)
-    return storages, out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -36,6 +36,7 @@ from tests._utils import (
     pool_params,
     pool_shapes,
     ref_forward_backward,
+    saved_storages,
     seeds,
     to_memory_format,
 )
@@ -298,20 +299,6 @@ def test_relu_max_pool2d_compile_fullgraph(fmt):
 
 
 # ----------------------------------------------------------------------------------- saved bytes
-
-
-def saved_storages(fn, x):
-    """Storages saved for backward by ``fn(x)`` (each once): {data_ptr: (nbytes, dtype, shape)}, out."""
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = (s.nbytes(), t.dtype, tuple(t.shape))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(x)
-    return storages, out
 
 
 @pytest.mark.parametrize("path", PATHS)
