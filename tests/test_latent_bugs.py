@@ -84,6 +84,14 @@ def assert_well_formed(t: torch.Tensor, like: torch.Tensor, name: str) -> None:
         f"[{name}] strides {t.stride()} reach past the storage"
 
 
+def assert_launches_clean(name: str, outside, x: torch.Tensor, out: torch.Tensor, dx: torch.Tensor) -> None:
+    """No launch wrote outside its tensors (``run_op_padded``), and the output and the input gradient are
+    well formed in x's layout."""
+    assert not outside, f"[{name}] launches wrote outside their tensors: {outside}"
+    assert_well_formed(out, x, name + " output")
+    assert_well_formed(dx, x, name + " input gradient")
+
+
 # (id, shape, strides of the input view, pooling (kernel, stride, padding) that fits the shape)
 W1_POOL = ((3, 1), (2, 1), (1, 0))
 H1_POOL = ((1, 3), (1, 2), (0, 1))
@@ -192,11 +200,9 @@ def test_size1_strides_relu_lrn(shape, strides, pool, size):
     out, dx, outside = run_op_padded(kernels.relu_lrn, x, dy, size, *LRN)
     ref, ref_dx = ref_forward_backward(reference.relu_lrn, clean, g, size, *LRN)
     name = f"relu_lrn size={size} {shape} strides {strides}"
-    assert not outside, f"[{name}] launches wrote outside their tensors: {outside}"
+    assert_launches_clean(name, outside, x, out, dx)
     assert_close_verbose(out, ref, TOLERANCES[torch.float32], name=name + " forward")
     assert_close_verbose(dx, ref_dx, grad_tol(torch.float32, ref_dx), name=name + " backward")
-    assert_well_formed(out, x, name + " output")
-    assert_well_formed(dx, x, name + " input gradient")
 
 
 @pytest.mark.parametrize("shape,strides,pool", ODD_PARAMS)
@@ -206,12 +212,10 @@ def test_size1_strides_max_pool2d(shape, strides, pool):
     out, dx, outside = run_op_padded(kernels.max_pool2d, x, dy, *pool)
     ref, ref_dx = ref_forward_backward(reference.max_pool2d, clean, g, *pool)
     name = f"max_pool2d {shape} strides {strides} pool {pool}"
-    assert not outside, f"[{name}] launches wrote outside their tensors: {outside}"
+    assert_launches_clean(name, outside, x, out, dx)
     assert_close_verbose(out, ref, EXACT, name=name + " forward")
     assert_close_verbose(dx, ref_dx, pool_grad_tol(torch.float32, pool[0], pool[1], g),
                          name=name + " backward")
-    assert_well_formed(out, x, name + " output")
-    assert_well_formed(dx, x, name + " input gradient")
 
 
 @pytest.mark.parametrize("shape,strides,pool,size", BLOCK_PARAMS)
@@ -225,12 +229,10 @@ def test_size1_strides_relu_lrn_max_pool2d(shape, strides, pool, size):
     own, own_dx = own_composition("triton", clean, lrn, pool, g)
     ref, _ = ref_forward_backward(reference.relu_lrn_max_pool2d, clean, None, *lrn, *pool)
     name = f"relu_lrn_max_pool2d size={size} {shape} strides {strides} pool {pool}"
-    assert not outside, f"[{name}] launches wrote outside their tensors: {outside}"
+    assert_launches_clean(name, outside, x, out, dx)
     assert torch.equal(bits(out), bits(own)), name + ": forward != max_pool2d(relu_lrn(contiguous copy))"
     assert_close_verbose(out, ref, TOLERANCES[torch.float32], name=name + " forward")
     assert_close_verbose(dx, own_dx, grad_tol(torch.float32, own_dx), name=name + " backward")
-    assert_well_formed(out, x, name + " output")
-    assert_well_formed(dx, x, name + " input gradient")
 
 
 @pytest.mark.parametrize("shape,strides,pool", ODD_PARAMS)
@@ -240,12 +242,10 @@ def test_size1_strides_relu_max_pool2d(shape, strides, pool):
     out, dx, outside = run_op_padded(kernels.relu_max_pool2d, x, dy, *pool)
     ref, ref_dx = ref_forward_backward(lambda t, *a: F.max_pool2d(F.relu(t), *a), clean, g, *pool)
     name = f"relu_max_pool2d {shape} strides {strides} pool {pool}"
-    assert not outside, f"[{name}] launches wrote outside their tensors: {outside}"
+    assert_launches_clean(name, outside, x, out, dx)
     assert_close_verbose(out, ref, EXACT, name=name + " forward")
     assert_close_verbose(dx, ref_dx, pool_grad_tol(torch.float32, pool[0], pool[1], g),
                          name=name + " backward")
-    assert_well_formed(out, x, name + " output")
-    assert_well_formed(dx, x, name + " input gradient")
 
 
 def test_size1_strides_grad_output_only():
