@@ -169,6 +169,24 @@ def _ring_sum(ring, SIZE: tl.constexpr):
 
 
 @triton.jit
+def _in_range(c, lo, hi, MASKED: tl.constexpr):
+    """Whether channel c lies in [lo, hi): tested only in a walk's MASKED (bound-checked) groups."""
+    if MASKED:
+        return (c >= lo) & (c < hi)
+    else:
+        return True
+
+
+@triton.jit
+def _offset(c, BIG: tl.constexpr):
+    """c as an offset factor: int64 where offsets may pass 2^31 (BIG), else as it is."""
+    if BIG:
+        return c.to(tl.int64)
+    else:
+        return c
+
+
+@triton.jit
 def _shift(ring, v):
     """The ring with its oldest value dropped and v appended."""
     return ring[1:] + (v,)
@@ -219,4 +237,6 @@ if INTERPRET:
     _ring_sumsq = _ring_sumsq.fn
     _ring_sum = _ring_sum.fn
     _shift = _shift.fn
+    _in_range = _in_range.fn
+    _offset = _offset.fn
     _put = _put.fn

@@ -38,6 +38,8 @@ if triton is not None:
     from ._jit import (
         _acc_zeros,
         _grid_ids,
+        _in_range,
+        _offset,
         _pow_neg,
         _pow_neg2,
         _put,
@@ -86,10 +88,7 @@ if triton is not None:
         OHW = OH * OW
         for j in tl.static_range(SIZE):
             i = i0 + j  # the channel loaded now
-            if MASKED:
-                ok_i = (i >= 0) & (i < C)
-            else:
-                ok_i = True
+            ok_i = _in_range(i, 0, C, MASKED)
             if POOL and MASKED:
                 # the channel clamped into [0, C) and the value zeroed after the load: with the pixels'
                 # offsets clamped into the plane, no load needs a mask (a select instead of a mask test
@@ -97,10 +96,7 @@ if triton is not None:
                 i_ld = tl.minimum(tl.maximum(i, 0), C - 1)
             else:
                 i_ld = i
-            if BIG:
-                x_i = x_img + i_ld.to(tl.int64) * HW
-            else:
-                x_i = x_img + i_ld * HW
+            x_i = x_img + _offset(i_ld, BIG) * HW
             for p in tl.static_range(NPIX):
                 if POOL:
                     v = _relu_up(tl.load(x_i + offs[p]))
@@ -110,14 +106,8 @@ if triton is not None:
                     v = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
                 R = _put(R, p, _shift(R[p], v))
             c = i - HI  # its window [c - LO, c + HI] is in the rings now
-            if MASKED:
-                ok_c = (c >= c0) & (c < c_end)
-            else:
-                ok_c = True
-            if BIG:
-                cc = c.to(tl.int64)
-            else:
-                cc = c
+            ok_c = _in_range(c, c0, c_end, MASKED)
+            cc = _offset(c, BIG)
             if POOL:
                 vals = ()
                 for p in tl.static_range(NPIX):
@@ -286,23 +276,11 @@ if triton is not None:
         HI: tl.constexpr = SIZE - 1 - LO
         for j in tl.static_range(SIZE):
             i = i0 + j  # the channel loaded now
-            if MASKED:
-                ok_i = (i >= 0) & (i < C)
-            else:
-                ok_i = True
-            if BIG:
-                x_i = x_img + i.to(tl.int64) * HW
-            else:
-                x_i = x_img + i * HW
+            ok_i = _in_range(i, 0, C, MASKED)
+            x_i = x_img + _offset(i, BIG) * HW
             cj = i - HI  # s is complete for cj
-            if MASKED:
-                ok_j = (cj >= 0) & (cj < C)
-            else:
-                ok_j = True
-            if BIG:
-                cj_off = cj.to(tl.int64)
-            else:
-                cj_off = cj
+            ok_j = _in_range(cj, 0, C, MASKED)
+            cj_off = _offset(cj, BIG)
             if POOL:
                 gs = (zero,) * NPIX
                 for a in tl.static_range(NWH):
@@ -315,14 +293,8 @@ if triton is not None:
             else:
                 gs = (_upcast(_load_x(dy_img + cj_off * HW + offs[0], inb[0], ok_j, MASKED, IN_PLANE)),)
             c = i - (SIZE - 1)  # dx is complete for c
-            if MASKED:
-                ok_c = (c >= c0) & (c < c_end)
-            else:
-                ok_c = True
-            if BIG:
-                cc = c.to(tl.int64)
-            else:
-                cc = c
+            ok_c = _in_range(c, c0, c_end, MASKED)
+            cc = _offset(c, BIG)
             for p in tl.static_range(NPIX):
                 r = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
                 Rp = _shift(R[p], r)

@@ -84,21 +84,13 @@ from ._pooling import (
 # ------------------------------------------------------------------------------------- kernels
 
 if triton is not None:
-    from ._jit import _acc_zeros, _upcast
+    from ._jit import _acc_zeros, _offset, _upcast
 
     @triton.jit
     def _wide(v, BIG: tl.constexpr):
         # int64 when offsets inside one image may pass 2^31 (also makes a constexpr a tensor)
         if BIG:
             return v + tl.zeros([], tl.int64)
-        else:
-            return v
-
-    @triton.jit
-    def _base(v, I64: tl.constexpr):
-        # int64 when offsets into the whole tensor may pass 2^31
-        if I64:
-            return v.to(tl.int64)
         else:
             return v
 
@@ -215,8 +207,8 @@ if triton is not None:
         o_h = _wide(OW * o_w, BIG)
         iw0 = (ow * SW - PW)[:, None]  # first column of the lane's window (negative in the padding)
         kw0 = tl.maximum(-iw0, 0).to(tl.int32)  # its first in-bounds column
-        x_off = (_base(plane, I64) * H * s_h + ow * (SW * s_w) - PW * s_w)[:, None]
-        o_off = (_base(plane, I64) * OH * o_h + ow * o_w)[:, None]
+        x_off = (_offset(plane, I64) * H * s_h + ow * (SW * s_w) - PW * s_w)[:, None]
+        o_off = (_offset(plane, I64) * OH * o_h + ow * o_w)[:, None]
         if CL:
             x_off = x_off + c[None, :]
             o_off = o_off + c[None, :]
@@ -392,8 +384,8 @@ if triton is not None:
         vl = ((cb >= 1) & (cb <= OW))[:, None]  # window columns cb - 1, cb, cb + 1 exist
         vm = (cb < OW)[:, None]
         vr = (cb + 1 < OW)[:, None]
-        o_off = (_base(plane, I64) * OH * o_h + cb * s_w)[:, None]
-        x_off = (_base(plane, I64) * H * s_h)[:, None] + ix0 * s_w
+        o_off = (_offset(plane, I64) * OH * o_h + cb * s_w)[:, None]
+        x_off = (_offset(plane, I64) * H * s_h)[:, None] + ix0 * s_w
         if CL:
             o_off = o_off + c[None, :]
             x_off = x_off + c[None, :]
@@ -489,8 +481,8 @@ if triton is not None:
         s_h = _wide(W * s_w, BIG)
         o_h = _wide(OW * s_w, BIG)
         ow_last = (iw + PW) // SW  # the last window column that can contain iw
-        o_off = (_base(plane, I64) * OH * o_h)[:, None]
-        x_off = (_base(plane, I64) * H * s_h)[:, None] + iw * s_w
+        o_off = (_offset(plane, I64) * OH * o_h)[:, None]
+        x_off = (_offset(plane, I64) * H * s_h)[:, None] + iw * s_w
         if CL:
             o_off = o_off + c[None, :]
             x_off = x_off + c[None, :]
