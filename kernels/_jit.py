@@ -125,6 +125,46 @@ def _rsqrt(s):
 
 
 @triton.jit
+def _ld(ptrs):
+    """tl.load(ptrs) (no mask) as one inline PTX load per element. For kernels with hundreds of loads:
+    Triton's coalescing pass costs about (memory ops) x (kernel size), a minute of compile time for the
+    fused block's patch walk, and an inline load is not a memory op to it. Its layout is the one the
+    kernel's values have anyway (one element per thread), and ptxas folds the constant part of each
+    address into the load's immediate offset, as for tl.load."""
+    if ptrs.dtype.element_ty == tl.float32:
+        return tl.inline_asm_elementwise("ld.global.f32 $0, [$1];", "=r,l", [ptrs], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    elif ptrs.dtype.element_ty == tl.bfloat16:
+        return tl.inline_asm_elementwise("ld.global.b16 $0, [$1];", "=h,l", [ptrs], dtype=tl.bfloat16,
+                                         is_pure=True, pack=1)
+    elif ptrs.dtype.element_ty == tl.float16:
+        return tl.inline_asm_elementwise("ld.global.b16 $0, [$1];", "=h,l", [ptrs], dtype=tl.float16,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def _st(ptrs, v):
+    """tl.store(ptrs, v) (no mask) as inline PTX, for the same reason as _ld (an 8-, 16- or 32-bit
+    element; v already in the pointer's dtype). The asm yields a dummy value: it is not pure, so it
+    stays."""
+    addr = ptrs.to(tl.int64)
+    if v.dtype.primitive_bitwidth == 32:
+        tl.inline_asm_elementwise("st.global.b32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r", [addr, v],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    elif v.dtype.primitive_bitwidth == 16:
+        tl.inline_asm_elementwise("st.global.b16 [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,h", [addr, v],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    elif v.dtype.primitive_bitwidth == 8:
+        wide = v.to(tl.int32)  # st.b8 stores the low byte of a 32-bit register
+        tl.inline_asm_elementwise("st.global.b8 [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r", [addr, wide],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.store(ptrs, v)
+
+
+@triton.jit
 def _sqrt(s):
     if s.dtype == tl.float32:
         return tl.inline_asm_elementwise("sqrt.approx.ftz.f32 $0, $1;", "=r,r", [s], dtype=tl.float32,
@@ -240,3 +280,9 @@ if INTERPRET:
     _in_range = _in_range.fn
     _offset = _offset.fn
     _put = _put.fn
+
+    def _ld(ptrs):
+        return tl.load(ptrs)
+
+    def _st(ptrs, v):
+        tl.store(ptrs, v)

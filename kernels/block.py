@@ -8,6 +8,8 @@ Saves x and one byte per pooled output; the LRN output is recomputed in backward
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._common import (
@@ -33,6 +35,7 @@ from .lrn import (
     launch_walk_forward,
     lrn_backward_torch,
     lrn_forward_torch,
+    needs_int64,
     strides,
     walk_backward_fits,
     walk_forward_fits,
@@ -44,13 +47,152 @@ if triton is not None:
     from ._jit import (
         _acc_zeros,
         _gather_pool_grad,
+        _ld,
+        _offset,
         _pow_neg,
         _pow_neg2,
+        _put,
         _relu,
+        _relu_up,
+        _ring_sumsq,
+        _shift,
+        _st,
         _tile_ids,
         _upcast,
         _window_sumsq,
     )
+
+    # ---------------------------------------------- NCHW forward: patches walking the channels
+    # A thread owns a patch of TOH x TOW pooled outputs of one image and the U x V input pixels under
+    # them, and walks a chunk of channels keeping the last SIZE relu'd values per pixel in registers
+    # (lrn.py's walk): each LRN value is computed once per patch, then pooled in the patch. For
+    # AlexNet's 3x3 / 2 pools a 2 x 2 patch reads 5 x 5 pixels: 6.25 LRN values per output, where the
+    # plane's minimum is about 4.2. Only for windows that lie inside the plane (no padding, no window
+    # past the edge): the patches of a row's or column's end overlap their neighbours instead of running
+    # past the plane, so no load needs a mask and a patch's offsets are one pointer plus constants
+    # (row pointers + immediate column offsets). Chunks are L channels, a multiple of SIZE; the last
+    # chunk ends at C - HI (overlapping its neighbour: the same values stored twice) and then finishes
+    # the last HI channels without loads (zeros past C, PyTorch's padding). Only the prologue, the
+    # first SIZE - 1 loads of a chunk, tests a channel bound.
+    @triton.jit
+    def _patch_steps(
+        R, c_first, HW, OHW, W, OW, x_pix, y_pix, am_pix, alpha_n, k, zero, zero_i,
+        N_STEPS: tl.constexpr, LOAD: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, TOH: tl.constexpr,
+        TOW: tl.constexpr, BIG: tl.constexpr,
+    ):
+        """N_STEPS steps from channel c_first: load channel c + HI (LOAD; else shift in zeros), compute
+        channel c's LRN at the patch's pixels, pool it and store the patch's outputs."""
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        U: tl.constexpr = (TOH - 1) * SH + KH
+        V: tl.constexpr = (TOW - 1) * SW + KW
+        for j in tl.static_range(N_STEPS):
+            c = c_first + j
+            if LOAD:
+                x_i = x_pix + _offset(c + HI, BIG) * HW
+            for u in tl.static_range(U):
+                if LOAD:
+                    row = x_i + u * W
+                for v in tl.static_range(V):
+                    if LOAD:
+                        val = _relu_up(_ld(row + v))
+                    else:
+                        val = zero
+                    R = _put(R, u * V + v, _shift(R[u * V + v], val))
+            vals = ()
+            for p in tl.static_range(U * V):
+                y = R[p][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], SIZE), BETA)
+                # rounded to the output dtype, as relu_lrn's output is, before it competes
+                vals = vals + (_upcast(y.to(y_pix.dtype.element_ty)),)
+            # pooled separably: PyTorch's rule (the first in-bounds position starts, a value wins when
+            # v > best or v is NaN) along each row, then down the rows' winners: the first maximum in
+            # row-major order wins, or the last NaN, as in one pass over the window
+            rows = ()
+            for u in tl.static_range(U):
+                for b in tl.static_range(TOW):
+                    best = vals[u * V + b * SW]
+                    arg = zero_i
+                    for kw in tl.static_range(1, KW):
+                        v = vals[u * V + b * SW + kw]
+                        take = (v > best) | (v != v)
+                        best = tl.where(take, v, best)
+                        arg = tl.where(take, kw, arg)
+                    rows = rows + ((best, arg),)
+            cc = _offset(c, BIG) * OHW
+            for a in tl.static_range(TOH):
+                for b in tl.static_range(TOW):
+                    best, arg = rows[(a * SH) * TOW + b]
+                    for kh in tl.static_range(1, KH):
+                        v, kw_v = rows[(a * SH + kh) * TOW + b]
+                        take = (v > best) | (v != v)
+                        best = tl.where(take, v, best)
+                        arg = tl.where(take, kw_v + kh * KW, arg)
+                    _st(y_pix + cc + a * OW + b, best.to(y_pix.dtype.element_ty))
+                    _st(am_pix + cc + a * OW + b, arg.to(am_pix.dtype.element_ty))
+        return R
+
+    @triton.jit
+    def _patch_fwd_kernel(
+        x_ptr,  # *T (N, C, H, W) input, NCHW dense
+        y_ptr,  # *T (N, C, OH, OW) pooled output, NCHW dense
+        am_ptr,  # *u8|i32 (N, C, OH, OW) argmax inside the window, kh * KW + kw
+        C, H, W, OH, OW,
+        n_cb, n_q, n_pc,  # channel chunks, patches in all images, patch columns per plane
+        L, LL, alpha_n, k,  # channels per chunk and in the last chunk (multiples of SIZE), alpha / size, k
+        SIZE: tl.constexpr, BETA: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+        TOH: tl.constexpr, TOW: tl.constexpr,  # pooled outputs per thread
+        BLOCK: tl.constexpr, BIG: tl.constexpr,  # patches (threads) per program; int64 channel offsets
+    ):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        U: tl.constexpr = (TOH - 1) * SH + KH
+        V: tl.constexpr = (TOW - 1) * SW + KW
+        pid = tl.program_id(0)
+        t = pid // n_cb
+        cb = pid - t * n_cb  # chunks vary fastest: neighbours share their halo channels in L2
+        # patches of all images in one flat range (the last program's surplus threads redo the last patch)
+        q = tl.minimum(t * BLOCK + tl.arange(0, BLOCK), n_q - 1)
+        n_pr = tl.cdiv(OH, TOH)
+        n = q // (n_pr * n_pc)
+        pq = q - n * (n_pr * n_pc)
+        pr = pq // n_pc
+        pc = pq - pr * n_pc
+        oh0 = tl.minimum(pr * TOH, OH - TOH)  # a row's or column's last patch overlaps its neighbour
+        ow0 = tl.minimum(pc * TOW, OW - TOW)
+        HW = H * W
+        OHW = OH * OW
+        x_pix = x_ptr + (n.to(tl.int64) * C * HW + (oh0 * SH * W + ow0 * SW))
+        o_off = n.to(tl.int64) * C * OHW + (oh0 * OW + ow0)
+        y_pix = y_ptr + o_off
+        am_pix = am_ptr + o_off
+        zero = _acc_zeros(q, x_ptr)
+        zero_i = tl.zeros_like(q)
+        R = ((zero,) * SIZE,) * (U * V)  # R[p]: relu'd x of the last SIZE channels at pixel p, oldest first
+
+        # chunk cb walks channels [c0, c0 + ln); the last one ends at C - HI, LL channels long (a multiple of
+        # SIZE: it overlaps its neighbour by fewer than SIZE channels, stored twice with the same values)
+        last = cb == n_cb - 1
+        ln = tl.where(last, LL, L)
+        c0 = tl.where(last, C - HI - LL, cb * L)
+        # prologue: channels c0 - LO .. c0 + HI - 1 (below 0: PyTorch's zero padding)
+        for j in tl.static_range(SIZE - 1):
+            i = c0 - LO + j
+            x_i = x_pix + _offset(tl.maximum(i, 0), BIG) * HW
+            for u in tl.static_range(U):
+                row = x_i + u * W
+                for v in tl.static_range(V):
+                    val = tl.where(i >= 0, _relu_up(_ld(row + v)), 0.0)
+                    R = _put(R, u * V + v, _shift(R[u * V + v], val))
+        args = (HW, OHW, W, OW, x_pix, y_pix, am_pix, alpha_n, k, zero, zero_i)
+        for g in range(0, ln // SIZE):
+            R = _patch_steps(R, c0 + g * SIZE, *args, SIZE, True, SIZE, BETA, KH, KW, SH, SW, TOH, TOW, BIG)
+        # the last chunk: channels C - HI .. C - 1, whose windows run past C. A loop of 1 trip there and 0
+        # elsewhere (C - HI - c0 is ln in the last chunk and more in the others), written as a division so
+        # that it stays a loop: the static cost report weights its code by its mean trips, 1 / n_cb.
+        for _ in range(0, ln // (C - HI - c0)):
+            R = _patch_steps(R, C - HI, *args, HI, False, SIZE, BETA, KH, KW, SH, SW, TOH, TOW, BIG)
 
     @triton.jit
     def _pool_fwd_kernel(
@@ -165,6 +307,72 @@ _BWD_CONFIGS = {
 }
 
 
+_PATCH_BUDGET = 125  # ring registers a thread may hold: SIZE per input pixel under its patch
+_PATCH_MIN_CHANNELS = 20  # a chunk's channels, at least (each chunk reloads SIZE - 1 halo channels)
+_PATCH_MAX_CHANNELS = 40  # and at most (enough programs to fill a GPU at AlexNet's sizes)
+
+
+def _patch_shape(size, pool, h, w, oh, ow, c, dtype):
+    """(TOH, TOW): pooled outputs per thread of the patch forward, or None where it doesn't apply:
+    padding, a window past the plane (ceil_mode), fewer than SIZE + HI channels, float64, or no patch
+    whose ring fits the register budget."""
+    (kh, kw), (sh, sw), (ph, pw) = pool
+    if dtype == torch.float64 or size > 16 or ph or pw or c < size + (size - 1 - size // 2):
+        return None
+    if (oh - 1) * sh + kh > h or (ow - 1) * sw + kw > w:
+        return None
+    for toh, tow in ((2, 2), (1, 2), (1, 1)):
+        if toh <= oh and tow <= ow and ((toh - 1) * sh + kh) * ((tow - 1) * sw + kw) * size <= _PATCH_BUDGET:
+            return toh, tow
+    return None
+
+
+def _patch_chunks(c: int, size: int) -> tuple[int, int]:
+    """(L, LL): channels per chunk of the patch forward, and in the last chunk, multiples of SIZE (the walk
+    is unrolled by SIZE) covering the C - HI walked channels: the last chunk is the shortest multiple that
+    reaches C - HI, overlapping its neighbour by less than SIZE. L (20 to 40 channels) minimises the steps
+    in all, counting each chunk's setup and SIZE - 1 prologue loads as about 1.5 steps."""
+    walked = c - (size - 1 - size // 2)
+    best = None
+    for m in range(1, walked // size + 1):
+        chunk = m * size
+        longest = (m + 1) * size > walked
+        if chunk > max(_PATCH_MAX_CHANNELS, size) or (chunk < _PATCH_MIN_CHANNELS and not longest):
+            continue
+        n_cb = cdiv(walked, chunk)
+        last = size * cdiv(walked - (n_cb - 1) * chunk, size)
+        cost = (n_cb - 1) * chunk + last + 1.5 * n_cb
+        if best is None or cost < best[0]:
+            best = (cost, chunk, last)
+    return best[1], best[2]
+
+
+@functools.lru_cache(maxsize=256)
+def _patch_plan(n, c, h, w, oh, ow, dtype, pool, size, beta, big):
+    toh, tow = _patch_shape(size, pool, h, w, oh, ow, c, dtype)
+    chunk, last = _patch_chunks(c, size)
+    hi = size - 1 - size // 2
+    n_cb = cdiv(c - hi, chunk)
+    n_pc = cdiv(ow, tow)
+    n_q = n * cdiv(oh, toh) * n_pc
+    block, warps = 128, 4
+    (kh, kw), (sh, sw), _ = pool
+    cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, TOH=toh, TOW=tow, BLOCK=block,
+                      BIG=big), num_warps=warps)
+    # trips per program: the main loop's groups, and the last chunk's epilogue (1 in n_cb programs)
+    return (n_cb * cdiv(n_q, block),), cfg, (n_cb, n_pc, n_q, chunk, last), \
+        (((n_cb - 1) * chunk + last) / size / n_cb, 1 / n_cb)
+
+
+def _launch_patch_forward(x, y, am, pool, size, alpha, beta, k) -> None:
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2:]
+    grid, cfg, (n_cb, n_pc, n_q, chunk, last), trips = _patch_plan(n, c, h, w, oh, ow, x.dtype, pool, size,
+                                                                   float(beta), needs_int64(x, y))
+    launch("relu_lrn_max_pool2d_fwd", _patch_fwd_kernel, grid,
+           (x, y, am, c, h, w, oh, ow, n_cb, n_q, n_pc, chunk, last, alpha / size, k), cfg, x.device, trips)
+
+
 def _lrn_launch_args(lrn):
     size, alpha, beta, k = lrn
     return size, _lrn_window(size), alpha / size, k
@@ -186,6 +394,9 @@ def _block_forward(x, kernel, stride, padding, lrn):
         y_n, am_n = pooled_outputs(x.contiguous(), kernel, stride, padding)
         launch_walk_forward(x.contiguous(), y_n, am_n, pool, *lrn)
         return y.copy_(y_n), am.copy_(am_n)
+    if fmt == torch.contiguous_format and _patch_shape(lrn[0], pool, h, w, oh, ow, c, x.dtype):
+        _launch_patch_forward(x, y, am, pool, *lrn)
+        return y, am
     if fmt == torch.contiguous_format and walk_forward_fits(lrn[0], pool, x.dtype):
         launch_walk_forward(x, y, am, pool, *lrn)
         return y, am

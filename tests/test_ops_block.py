@@ -168,6 +168,51 @@ def test_relu_lrn_max_pool2d_many_channels(path, size, fmt):
     check_block(path, x, (size, 1.0, 0.75, 1.0), (3, 2, 1), seed=size)
 
 
+# The patch walk (block.py's forward for windows inside the plane): chunks of channels whose last one
+# overlaps its neighbour, the last HI channels finished without loads, patches overlapping at odd plane
+# edges, the last program's surplus threads, patches of 2 x 2, 1 x 2 and 1 x 1 outputs.
+PATCH_CASES = [
+    ((3, 23, 9, 12), (5, 1.0, 0.75, 1.0), (3, 2, 0), "normal", torch.float32),
+    ((1, 61, 11, 11), (5, 0.5, 0.75, 2.0), (3, 2, 0), "special", torch.float32),
+    ((2, 12, 7, 10), (4, 1.0, 0.6, 1.0), (2, 2, 0), "ties", torch.float32),
+    ((1, 9, 9, 8), (3, 0.8, 0.75, 1.0), (3, 1, 0), "normal", torch.float32),
+    ((1, 16, 8, 9), (5, 1.0, 0.75, 1.0), ((3, 2), (2, 1), 0), "ties", torch.bfloat16),
+    ((2, 8, 3, 7), (6, 1.0, 1.0, 1.0), (3, 2, 0), "normal", torch.float16),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", PATCH_CASES, ids=[f"{c[0]}-{c[1][0]}-{c[2]}-{c[3]}" for c in PATCH_CASES])
+def test_relu_lrn_max_pool2d_patch_walk(path, case):
+    from kernels import block
+
+    shape, lrn, pool, kind, dtype = case
+    kernel, stride, padding = (pair(v) for v in pool)
+    out_hw = pool_out_size(*shape[2:], kernel, stride, padding)
+    # the case reaches the patch walk (it would else test another kernel)
+    assert block._patch_shape(lrn[0], (kernel, stride, padding), *shape[2:], *out_hw, shape[1], dtype)
+    x = make_values(shape, kind, shape[1], dtype, 3.0)
+    check_block(path, x, lrn, pool, seed=shape[1])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_relu_lrn_max_pool2d_compares_values_rounded_to_the_output_dtype(path, fmt):
+    """bfloat16: at (0, 0) a neighbour channel of 1 + 2^-7 makes the float32 LRN value of channel 3
+    smaller than at (0, 1), 0.59391 against 0.59460, but both round to 0.59375: a tie of relu_lrn's
+    outputs, which the first position wins (comparing unrounded values would pick (0, 1))."""
+    x = torch.zeros(1, 7, 3, 3)
+    x[0, :, 0, :2] = 1.0
+    x[0, 2, 0, 0] = 1.0078125
+    x = to_memory_format(x.to(torch.bfloat16), fmt)
+    lrn = (5, 1.0, 0.75, 1.0)
+    with on_path(path):
+        y = kernels.relu_lrn(x, *lrn)[0, 3, 0, :2]
+    assert y[0] == y[1], "the case's tie is gone"
+    _, grad = check_block(path, x, lrn, (3, 1, 0), seed=5)
+    assert grad[0, 3, 0, 0] != 0 and grad[0, 3, 0, 1] == 0
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kernel", [(17, 16)])
 def test_relu_lrn_max_pool2d_large_windows(path, kernel):
