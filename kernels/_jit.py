@@ -145,6 +145,36 @@ def _ld(ptrs):
 
 
 @triton.jit
+def _ld_idx(ptrs):
+    """An argmax (uint8 or int32) as int32, loaded as _ld does."""
+    if ptrs.dtype.element_ty == tl.uint8:
+        return tl.inline_asm_elementwise("ld.global.u8 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    elif ptrs.dtype.element_ty == tl.int32:
+        return tl.inline_asm_elementwise("ld.global.b32 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.load(ptrs).to(tl.int32)
+
+
+@triton.jit
+def _st_if(ptrs, v, ok):
+    """tl.store(ptrs, v, mask=ok) of a 16- or 32-bit element as inline PTX (see _st)."""
+    addr = ptrs.to(tl.int64)
+    flag = ok.to(tl.int32)
+    if v.dtype.primitive_bitwidth == 32:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,r,r", [addr, v, flag], dtype=tl.int32, is_pure=False, pack=1)
+    elif v.dtype.primitive_bitwidth == 16:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b16 [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,h,r", [addr, v, flag], dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.store(ptrs, v, mask=ok)
+
+
+@triton.jit
 def _st(ptrs, v):
     """tl.store(ptrs, v) (no mask) as inline PTX, for the same reason as _ld (an 8-, 16- or 32-bit
     element; v already in the pointer's dtype). The asm yields a dummy value: it is not pure, so it
@@ -286,3 +316,9 @@ if INTERPRET:
 
     def _st(ptrs, v):
         tl.store(ptrs, v)
+
+    def _ld_idx(ptrs):
+        return tl.load(ptrs).to(tl.int32)
+
+    def _st_if(ptrs, v, ok):
+        tl.store(ptrs, v, mask=ok)

@@ -31,6 +31,7 @@ from ._common import (
 from ._pooling import input_grad, pool_backward_torch, pool_forward_torch, pooled_outputs
 from .lrn import (
     _lrn_window,
+    _windows,
     launch_walk_backward,
     launch_walk_forward,
     lrn_backward_torch,
@@ -48,15 +49,18 @@ if triton is not None:
         _acc_zeros,
         _gather_pool_grad,
         _ld,
+        _ld_idx,
         _offset,
         _pow_neg,
         _pow_neg2,
         _put,
         _relu,
         _relu_up,
+        _ring_sum,
         _ring_sumsq,
         _shift,
         _st,
+        _st_if,
         _tile_ids,
         _upcast,
         _window_sumsq,
@@ -241,6 +245,162 @@ if triton is not None:
         tl.store(y_ptr + o_off, best.to(y_ptr.dtype.element_ty), mask=valid)
         tl.store(am_ptr + o_off, arg.to(am_ptr.dtype.element_ty), mask=valid)
 
+    # ---------------------------------------------- NCHW backward: pixel blocks walking the channels
+    # A thread owns an SH x SW block of input pixels of one image (the pixels of the NWH x NWW windows
+    # that can hold them at constant window positions, as in lrn.py's pooled backward walk) and walks a
+    # chunk of channels with three rings per pixel: r = relu(x), t and a (lrn.py's derivation above
+    # _lrn_bwd_walk_kernel). Step "load i": load x_i, finish t and a of channel j = i - HI (its pooled
+    # gradient routed through the argmax of the windows), finish dx of channel c = i - SIZE + 1. A chunk
+    # of main channels [c0, c0 + ln) (a multiple of SIZE; the last chunk ends at C - SIZE + 1, overlapping
+    # its neighbour) needs a prologue of SIZE - 1 load-only steps and SIZE - 1 steps without dx (the
+    # halo); the last chunk finishes channels C - SIZE + 1 .. C - 1 without loads. Only the prologue
+    # tests channel bounds; only a block at the plane's far edge has pixels or windows outside it
+    # (clamped, their windows' gradients zeroed, their stores skipped).
+    @triton.jit
+    def _blk_bwd_steps(
+        R, T, A, i_first, HW, OHW, x_pix, dx_pix, dy_w, am_w, offs, px_ok, w_ok, alpha_n, k, coef, zero,
+        N_STEPS: tl.constexpr, LOAD: tl.constexpr, GATHER: tl.constexpr, DX: tl.constexpr,
+        CHECK: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        SH: tl.constexpr, SW: tl.constexpr, OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr,
+        NWW: tl.constexpr, BIG: tl.constexpr,
+    ):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        NPIX: tl.constexpr = SH * SW
+        for jj in tl.static_range(N_STEPS):
+            i = i_first + jj  # the channel loaded now
+            j = i - HI  # its t and a are complete now
+            c = i - (SIZE - 1)  # its dx is complete now
+            if LOAD:
+                if CHECK:
+                    x_i = x_pix + _offset(tl.maximum(i, 0), BIG) * HW
+                else:
+                    x_i = x_pix + _offset(i, BIG) * HW
+            if GATHER:
+                if CHECK:
+                    o_j = _offset(tl.maximum(j, 0), BIG) * OHW
+                else:
+                    o_j = _offset(j, BIG) * OHW
+                # the pooled gradient reaching each pixel, summed in the windows' row-major order
+                gs = (zero,) * NPIX
+                for a in tl.static_range(NWH):
+                    for b in tl.static_range(NWW):
+                        am = _ld_idx(am_w[a * NWW + b] + o_j)
+                        d = tl.where(w_ok[a * NWW + b], _upcast(_ld(dy_w[a * NWW + b] + o_j)), 0.0)
+                        for u in tl.static_range(SH):
+                            for v in tl.static_range(SW):
+                                kh = u - (OH_LO + a) * SH  # the pixel's place in the window: a constant
+                                kw = v - (OW_LO + b) * SW
+                                if kh >= 0 and kh < KH and kw >= 0 and kw < KW:
+                                    hit = am == kh * KW + kw
+                                    gs = _put(gs, u * SW + v, gs[u * SW + v] + tl.where(hit, d, 0.0))
+            for p in tl.static_range(NPIX):
+                if LOAD:
+                    r = _relu_up(_ld(x_i + offs[p]))
+                    if CHECK:
+                        r = tl.where(i >= 0, r, 0.0)
+                else:
+                    r = zero
+                Rp = _shift(R[p], r)
+                if GATHER:
+                    pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, SIZE), BETA)
+                    a_j = gs[p] * pw_b
+                    t_j = a_j * (Rp[LO] * s_inv)  # g r s^-(beta+1)
+                    if CHECK:  # channels below 0 have no t or a
+                        t_j = tl.where(j >= 0, t_j, 0.0)
+                        a_j = tl.where(j >= 0, a_j, 0.0)
+                else:
+                    t_j = zero
+                    a_j = zero
+                Tp = _shift(T[p], t_j)
+                Ap = _shift(A[p], a_j)
+                if DX:
+                    r_c = Rp[0]
+                    dx = tl.where(r_c > 0, Ap[HI] - coef * r_c * _ring_sum(Tp, SIZE), 0.0)
+                    _st_if(dx_pix + _offset(c, BIG) * HW + offs[p], dx.to(dx_pix.dtype.element_ty), px_ok[p])
+                R = _put(R, p, Rp)
+                T = _put(T, p, Tp)
+                A = _put(A, p, Ap)
+        return R, T, A
+
+    @triton.jit
+    def _patch_bwd_kernel(
+        x_ptr,  # *T (N, C, H, W) the forward's input, NCHW dense
+        dy_ptr,  # *T (N, C, OH, OW) gradient of the pooled output, NCHW dense
+        am_ptr,  # *u8|i32 (N, C, OH, OW) the forward's argmax
+        dx_ptr,  # *T (N, C, H, W) gradient of the input, NCHW dense
+        C, H, W, OH, OW,
+        n_cb, n_q, n_bc,  # channel chunks, pixel blocks in all images, block columns per plane
+        L, LL, alpha_n, k,  # main channels per chunk and in the last chunk (multiples of SIZE); alpha / size
+        SIZE: tl.constexpr, BETA: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+        OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr, NWW: tl.constexpr,
+        BLOCK: tl.constexpr, BIG: tl.constexpr,
+    ):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        pid = tl.program_id(0)
+        t = pid // n_cb
+        cb = pid - t * n_cb
+        q = tl.minimum(t * BLOCK + tl.arange(0, BLOCK), n_q - 1)  # surplus threads redo the last block
+        n_br = tl.cdiv(H, SH)
+        n = q // (n_br * n_bc)
+        pq = q - n * (n_br * n_bc)
+        bh = pq // n_bc
+        bw = pq - bh * n_bc
+        HW = H * W
+        OHW = OH * OW
+        offs = ()
+        px_ok = ()
+        for u in tl.static_range(SH):
+            for v in tl.static_range(SW):
+                ih = bh * SH + u
+                iw = bw * SW + v
+                px_ok = px_ok + ((ih < H) & (iw < W),)
+                offs = offs + (tl.minimum(ih, H - 1) * W + tl.minimum(iw, W - 1),)  # clamped into the plane
+        dy_w = ()
+        am_w = ()
+        w_ok = ()
+        o_img = n.to(tl.int64) * C * OHW
+        for a in tl.static_range(NWH):
+            for b in tl.static_range(NWW):
+                oh = bh + (OH_LO + a)
+                ow = bw + (OW_LO + b)
+                w_ok = w_ok + ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW),)
+                o = o_img + (tl.minimum(tl.maximum(oh, 0), OH - 1) * OW
+                             + tl.minimum(tl.maximum(ow, 0), OW - 1))
+                dy_w = dy_w + (dy_ptr + o,)
+                am_w = am_w + (am_ptr + o,)
+        x_pix = x_ptr + n.to(tl.int64) * C * HW
+        dx_pix = dx_ptr + n.to(tl.int64) * C * HW
+        zero = _acc_zeros(q, x_ptr)
+        R = ((zero,) * SIZE,) * (SH * SW)
+        T = R
+        A = R
+        coef = (zero + alpha_n) * (2.0 * BETA)
+
+        walked = C - (SIZE - 1)  # channels whose loads all lie below C
+        last = cb == n_cb - 1
+        ln = tl.where(last, LL, L)
+        c0 = tl.where(last, walked - LL, cb * L)
+        args = (HW, OHW, x_pix, dx_pix, dy_w, am_w, offs, px_ok, w_ok, alpha_n, k, coef, zero)
+        # prologue: load channels c0 - SIZE + 1 .. c0 - 1, then c0 .. c0 + SIZE - 2 with their t and a
+        R, T, A = _blk_bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE - 1, True, False, False, True,
+                                 SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+        R, T, A = _blk_bwd_steps(R, T, A, c0, *args, SIZE - 1, True, True, False, True,
+                                 SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+        for g in range(0, ln // SIZE):
+            i_g = c0 + (SIZE - 1) + g * SIZE
+            R, T, A = _blk_bwd_steps(R, T, A, i_g, *args, SIZE, True, True, True, False,
+                                     SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+        # the last chunk: dx of channels C - SIZE + 1 .. C - 1 (loads past C are zeros; so are t and a of
+        # channels from C on). A loop of 1 trip there and 0 elsewhere (see _patch_fwd_kernel).
+        for _ in range(0, ln // (walked - c0)):
+            R, T, A = _blk_bwd_steps(R, T, A, C, *args, HI, False, True, True, False,
+                                     SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+            R, T, A = _blk_bwd_steps(R, T, A, C + HI, *args, LO, False, False, True, False,
+                                     SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+
     # Fused backward. g = gradient of the LRN output (gathered from the pooled gradient), then, with
     # t_c = g_c * r_c * s_c^(-beta-1) (see lrn.py):
     #   dx_c = [x_c > 0] * (g_c * s_c^-beta - 2 * (alpha/size) * beta * r_c * sum_{c' in [c-hi, c+lo]} t_c')
@@ -310,6 +470,7 @@ _BWD_CONFIGS = {
 _PATCH_BUDGET = 125  # ring registers a thread may hold: SIZE per input pixel under its patch
 _PATCH_MIN_CHANNELS = 20  # a chunk's channels, at least (each chunk reloads SIZE - 1 halo channels)
 _PATCH_MAX_CHANNELS = 40  # and at most (enough programs to fill a GPU at AlexNet's sizes)
+_PATCH_MAX_CHANNELS_BWD = 100
 
 
 def _patch_shape(size, pool, h, w, oh, ow, c, dtype):
@@ -327,21 +488,22 @@ def _patch_shape(size, pool, h, w, oh, ow, c, dtype):
     return None
 
 
-def _patch_chunks(c: int, size: int) -> tuple[int, int]:
-    """(L, LL): channels per chunk of the patch forward, and in the last chunk, multiples of SIZE (the walk
-    is unrolled by SIZE) covering the C - HI walked channels: the last chunk is the shortest multiple that
-    reaches C - HI, overlapping its neighbour by less than SIZE. L (20 to 40 channels) minimises the steps
-    in all, counting each chunk's setup and SIZE - 1 prologue loads as about 1.5 steps."""
-    walked = c - (size - 1 - size // 2)
+def _patch_chunks(c: int, size: int, halo: int, setup: float,
+                  most: int = _PATCH_MAX_CHANNELS) -> tuple[int, int]:
+    """(L, LL): channels per chunk of a patch walk, and in the last chunk, multiples of SIZE (the walk is
+    unrolled by SIZE) covering the C - halo walked channels: the last chunk is the shortest multiple that
+    reaches C - halo, overlapping its neighbour by less than SIZE. L (20 to ``most`` channels) minimises
+    the steps in all, counting each chunk's setup and prologue as ``setup`` steps."""
+    walked = c - halo
     best = None
     for m in range(1, walked // size + 1):
         chunk = m * size
         longest = (m + 1) * size > walked
-        if chunk > max(_PATCH_MAX_CHANNELS, size) or (chunk < _PATCH_MIN_CHANNELS and not longest):
+        if chunk > max(most, size) or (chunk < _PATCH_MIN_CHANNELS and not longest):
             continue
         n_cb = cdiv(walked, chunk)
         last = size * cdiv(walked - (n_cb - 1) * chunk, size)
-        cost = (n_cb - 1) * chunk + last + 1.5 * n_cb
+        cost = (n_cb - 1) * chunk + last + setup * n_cb
         if best is None or cost < best[0]:
             best = (cost, chunk, last)
     return best[1], best[2]
@@ -350,8 +512,8 @@ def _patch_chunks(c: int, size: int) -> tuple[int, int]:
 @functools.lru_cache(maxsize=256)
 def _patch_plan(n, c, h, w, oh, ow, dtype, pool, size, beta, big):
     toh, tow = _patch_shape(size, pool, h, w, oh, ow, c, dtype)
-    chunk, last = _patch_chunks(c, size)
     hi = size - 1 - size // 2
+    chunk, last = _patch_chunks(c, size, hi, 1.5)  # setup and SIZE - 1 load-only steps
     n_cb = cdiv(c - hi, chunk)
     n_pc = cdiv(ow, tow)
     n_q = n * cdiv(oh, toh) * n_pc
@@ -371,6 +533,45 @@ def _launch_patch_forward(x, y, am, pool, size, alpha, beta, k) -> None:
                                                                    float(beta), needs_int64(x, y))
     launch("relu_lrn_max_pool2d_fwd", _patch_fwd_kernel, grid,
            (x, y, am, c, h, w, oh, ow, n_cb, n_q, n_pc, chunk, last, alpha / size, k), cfg, x.device, trips)
+
+
+def _patch_bwd_fits(size, pool, h, w, oh, ow, c, dtype) -> bool:
+    """Whether the pixel-block backward walk applies: windows inside the plane (no padding, no window
+    past the edge), at least 2 * SIZE - 1 channels, a stride no larger than the window, at most 2 x 2
+    pixels per block and 2 x 2 windows over it (AlexNet's 3 / 2: 2 x 2 of each), not float64."""
+    (kh, kw), (sh, sw), (ph, pw) = pool
+    if dtype == torch.float64 or size > 8 or ph or pw or c < 2 * size - 1 or sh > kh or sw > kw:
+        return False
+    if (oh - 1) * sh + kh > h or (ow - 1) * sw + kw > w or sh * sw > 4:
+        return False
+    return _windows(kh, sh, 0)[1] * _windows(kw, sw, 0)[1] <= 4
+
+
+@functools.lru_cache(maxsize=256)
+def _patch_bwd_plan(n, c, h, w, dtype, pool, size, beta, big):
+    (kh, kw), (sh, sw), _ = pool
+    # setup, SIZE - 1 load-only steps and SIZE - 1 steps without dx; longer chunks than the forward's
+    # (its halo costs more, and a backward program has more pixels to cover)
+    chunk, last = _patch_chunks(c, size, size - 1, 1.5 + 0.8 * (size - 1), _PATCH_MAX_CHANNELS_BWD)
+    n_cb = cdiv(c - (size - 1), chunk)
+    n_bc = cdiv(w, sw)
+    n_q = n * cdiv(h, sh) * n_bc
+    block, warps = 128, 4
+    (oh_lo, nwh), (ow_lo, nww) = _windows(kh, sh, 0), _windows(kw, sw, 0)
+    cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, OH_LO=oh_lo, NWH=nwh, OW_LO=ow_lo,
+                      NWW=nww, BLOCK=block, BIG=big), num_warps=warps)
+    return (n_cb * cdiv(n_q, block),), cfg, (n_cb, n_bc, n_q, chunk, last), \
+        (((n_cb - 1) * chunk + last) / size / n_cb, 1 / n_cb)
+
+
+def _launch_patch_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
+    n, c, h, w = x.shape
+    oh, ow = dy.shape[2:]
+    grid, cfg, (n_cb, n_bc, n_q, chunk, last), trips = _patch_bwd_plan(n, c, h, w, x.dtype, pool, size,
+                                                                       float(beta), needs_int64(x, dy))
+    launch("relu_lrn_max_pool2d_bwd", _patch_bwd_kernel, grid,
+           (x, dy, am, dx, c, h, w, oh, ow, n_cb, n_q, n_bc, chunk, last, alpha / size, k), cfg, dy.device,
+           trips)
 
 
 def _lrn_launch_args(lrn):
@@ -400,6 +601,10 @@ def _block_forward(x, kernel, stride, padding, lrn):
     if fmt == torch.contiguous_format and walk_forward_fits(lrn[0], pool, x.dtype):
         launch_walk_forward(x, y, am, pool, *lrn)
         return y, am
+    from . import block_cl  # channels_last: kernels/block_cl.py
+
+    if fmt == torch.channels_last and block_cl.launch_forward(x, y, am, pool, *lrn):
+        return y, am
     cfg = _FWD_CONFIGS[fmt] if x.dtype != torch.float64 else _FWD_CONFIG_F64  # float64: no spills on sm_80
     grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(oh * ow, cfg.constexprs["BLOCK_P"]) * n,)
     launch("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
@@ -425,8 +630,16 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
         return dx.copy_(lrn_backward_torch(x, pool_backward_torch(dy, am, (h, w), kernel, stride, padding),
                                            *lrn))
     pool = (tuple(kernel), tuple(stride), tuple(padding))
+    oh, ow = dy.shape[2:]
+    if fmt == torch.contiguous_format and _patch_bwd_fits(lrn[0], pool, h, w, oh, ow, c, x.dtype):
+        _launch_patch_backward(x, dy, am, dx, pool, *lrn)
+        return dx
     if fmt == torch.contiguous_format and walk_backward_fits(lrn[0], pool):
         launch_walk_backward(x, dy, am, dx, pool, *lrn)
+        return dx
+    from . import block_cl  # channels_last: kernels/block_cl.py
+
+    if fmt == torch.channels_last and block_cl.launch_backward(x, dy, am, dx, pool, *lrn):
         return dx
     cfg = _BWD_CONFIGS[fmt]
     grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)

@@ -168,29 +168,34 @@ def test_relu_lrn_max_pool2d_many_channels(path, size, fmt):
     check_block(path, x, (size, 1.0, 0.75, 1.0), (3, 2, 1), seed=size)
 
 
-# The patch walk (block.py's forward for windows inside the plane): chunks of channels whose last one
-# overlaps its neighbour, the last HI channels finished without loads, patches overlapping at odd plane
-# edges, the last program's surplus threads, patches of 2 x 2, 1 x 2 and 1 x 1 outputs.
+# The patch walks (block.py's NCHW forward and backward for windows inside the plane): chunks of
+# channels whose last one overlaps its neighbour, the last channels finished without loads, patches
+# overlapping at odd plane edges, blocks and windows past them, the last program's surplus threads,
+# patches of 2 x 2, 1 x 2 and 1 x 1 outputs. (shape, lrn, pool, values, dtype, backward walk too)
 PATCH_CASES = [
-    ((3, 23, 9, 12), (5, 1.0, 0.75, 1.0), (3, 2, 0), "normal", torch.float32),
-    ((1, 61, 11, 11), (5, 0.5, 0.75, 2.0), (3, 2, 0), "special", torch.float32),
-    ((2, 12, 7, 10), (4, 1.0, 0.6, 1.0), (2, 2, 0), "ties", torch.float32),
-    ((1, 9, 9, 8), (3, 0.8, 0.75, 1.0), (3, 1, 0), "normal", torch.float32),
-    ((1, 16, 8, 9), (5, 1.0, 0.75, 1.0), ((3, 2), (2, 1), 0), "ties", torch.bfloat16),
-    ((2, 8, 3, 7), (6, 1.0, 1.0, 1.0), (3, 2, 0), "normal", torch.float16),
+    ((3, 23, 9, 12), (5, 1.0, 0.75, 1.0), (3, 2, 0), "normal", torch.float32, True),
+    ((1, 61, 11, 11), (5, 0.5, 0.75, 2.0), (3, 2, 0), "ties", torch.float32, True),
+    ((1, 110, 7, 9), (5, 1.0, 0.75, 1.0), (3, 2, 0), "normal", torch.float32, True),
+    ((1, 47, 9, 7), (5, 0.5, 0.75, 2.0), (3, 2, 0), "special", torch.float32, True),
+    ((2, 12, 7, 10), (4, 1.0, 0.6, 1.0), (2, 2, 0), "ties", torch.float32, True),
+    ((1, 9, 9, 8), (3, 0.8, 0.75, 1.0), (3, 1, 0), "normal", torch.float32, False),
+    ((1, 16, 8, 9), (5, 1.0, 0.75, 1.0), ((3, 2), (2, 1), 0), "ties", torch.bfloat16, True),
+    ((2, 8, 3, 7), (6, 1.0, 1.0, 1.0), (3, 2, 0), "normal", torch.float16, False),
 ]
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", PATCH_CASES, ids=[f"{c[0]}-{c[1][0]}-{c[2]}-{c[3]}" for c in PATCH_CASES])
-def test_relu_lrn_max_pool2d_patch_walk(path, case):
+def test_relu_lrn_max_pool2d_patch_walks(path, case):
     from kernels import block
 
-    shape, lrn, pool, kind, dtype = case
+    shape, lrn, pool, kind, dtype, backward = case
     kernel, stride, padding = (pair(v) for v in pool)
     out_hw = pool_out_size(*shape[2:], kernel, stride, padding)
-    # the case reaches the patch walk (it would else test another kernel)
-    assert block._patch_shape(lrn[0], (kernel, stride, padding), *shape[2:], *out_hw, shape[1], dtype)
+    # the case reaches the patch walks (it would else test other kernels)
+    geometry = (lrn[0], (kernel, stride, padding), *shape[2:], *out_hw, shape[1], dtype)
+    assert block._patch_shape(*geometry)
+    assert block._patch_bwd_fits(*geometry) == backward
     x = make_values(shape, kind, shape[1], dtype, 3.0)
     check_block(path, x, lrn, pool, seed=shape[1])
 
