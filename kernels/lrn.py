@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ._common import (
+    INTERPRET,
     Config,
     cdiv,
     check_lrn_args,
@@ -39,6 +40,7 @@ if triton is not None:
         _acc_zeros,
         _grid_ids,
         _in_range,
+        _ld,
         _offset,
         _pow_neg,
         _pow_neg2,
@@ -47,6 +49,7 @@ if triton is not None:
         _ring_sum,
         _ring_sumsq,
         _shift,
+        _st,
         _tile_ids,
         _upcast,
     )
@@ -512,6 +515,312 @@ if triton is not None:
         dx = tl.where(r_c > 0, a_c - coef * r_c * t_sum, 0.0)
         tl.store(dx_img + c * s_c + sp, dx.to(dx_ptr.dtype.element_ty), mask=valid)
 
+    # ------------------------------------------------- channels_last: walking the channels of a pixel
+    # In channels_last the channels of a pixel are contiguous. A thread owns one pixel (pixels of all
+    # images form one axis: offset q * C + c) and walks its channels in order as the NCHW walks do,
+    # VEC channels per load (an aligned 64- or 128-bit inline PTX load: _ldv), keeping the last relu'd
+    # values in registers (a tuple used as a shift register, oldest first). A step loads the vector at
+    # channel i and finishes the vector of outputs D channels behind it, whose windows it now holds;
+    # sums run over the window oldest first with the walks' expressions, so both layouts give the same
+    # bits. WHOLE: one program walks all C channels (C >= D + VEC): the edges are static (loads before
+    # channel 0 or past C are zeros known at compile time, nothing is masked or clamped). Otherwise the
+    # program walks a chunk [c0, c0 + CHUNK) and every step clamps its loads into [0, C) and zeroes
+    # what lies outside.
+    @triton.jit
+    def _ldv(ptrs, VEC: tl.constexpr):
+        """VEC consecutive elements at ptrs (aligned to VEC elements), upcast (float32, or float64): a
+        tuple. bfloat16 widens with one shift or and per element, float16 with one cvt."""
+        if VEC == 1:
+            return (_upcast(_ld(ptrs)),)
+        elif ptrs.dtype.element_ty == tl.float32:
+            if VEC == 4:
+                return tl.inline_asm_elementwise("ld.global.v4.b32 {$0, $1, $2, $3}, [$4];",
+                                                 "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4,
+                                                 is_pure=True, pack=1)
+            else:
+                return tl.inline_asm_elementwise("ld.global.v2.b32 {$0, $1}, [$2];", "=r,=r,l", [ptrs],
+                                                 dtype=(tl.float32,) * 2, is_pure=True, pack=1)
+        elif ptrs.dtype.element_ty == tl.bfloat16:
+            if VEC == 8:
+                return tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t<4>;\n\tld.global.v4.b32 {t0, t1, t2, t3}, [$8];\n\t"
+                    "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t"
+                    "shl.b32 $2, t1, 16;\n\tand.b32 $3, t1, 0xffff0000;\n\t"
+                    "shl.b32 $4, t2, 16;\n\tand.b32 $5, t2, 0xffff0000;\n\t"
+                    "shl.b32 $6, t3, 16;\n\tand.b32 $7, t3, 0xffff0000;\n\t}",
+                    "=r,=r,=r,=r,=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+            elif VEC == 4:
+                return tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t<2>;\n\tld.global.v2.b32 {t0, t1}, [$4];\n\t"
+                    "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t"
+                    "shl.b32 $2, t1, 16;\n\tand.b32 $3, t1, 0xffff0000;\n\t}",
+                    "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+            else:
+                return tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t0;\n\tld.global.b32 t0, [$2];\n\t"
+                    "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t}",
+                    "=r,=r,l", [ptrs], dtype=(tl.float32,) * 2, is_pure=True, pack=1)
+        else:  # float16
+            if VEC == 8:
+                return tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t<4>;\n\t.reg .b16 h<8>;\n\tld.global.v4.b32 {t0, t1, t2, t3}, [$8];\n\t"
+                    "mov.b32 {h0, h1}, t0;\n\tmov.b32 {h2, h3}, t1;\n\t"
+                    "mov.b32 {h4, h5}, t2;\n\tmov.b32 {h6, h7}, t3;\n\t"
+                    "cvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\tcvt.f32.f16 $2, h2;\n\t"
+                    "cvt.f32.f16 $3, h3;\n\tcvt.f32.f16 $4, h4;\n\tcvt.f32.f16 $5, h5;\n\t"
+                    "cvt.f32.f16 $6, h6;\n\tcvt.f32.f16 $7, h7;\n\t}",
+                    "=r,=r,=r,=r,=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+            elif VEC == 4:
+                return tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t<2>;\n\t.reg .b16 h<4>;\n\tld.global.v2.b32 {t0, t1}, [$4];\n\t"
+                    "mov.b32 {h0, h1}, t0;\n\tmov.b32 {h2, h3}, t1;\n\t"
+                    "cvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\tcvt.f32.f16 $2, h2;\n\t"
+                    "cvt.f32.f16 $3, h3;\n\t}",
+                    "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+            else:
+                return tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t0;\n\t.reg .b16 h<2>;\n\tld.global.b32 t0, [$2];\n\t"
+                    "mov.b32 {h0, h1}, t0;\n\tcvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\t}",
+                    "=r,=r,l", [ptrs], dtype=(tl.float32,) * 2, is_pure=True, pack=1)
+
+    @triton.jit
+    def _stv(ptrs, v, VEC: tl.constexpr):
+        """Store the tuple v (VEC values in the compute dtype) at ptrs (aligned to VEC elements), rounded to
+        the pointer's dtype (round to nearest even, as .to() does): one vector store; bfloat16 and
+        float16 pack two values with one cvt."""
+        addr = ptrs.to(tl.int64)
+        if VEC == 1:
+            _st(ptrs, v[0].to(ptrs.dtype.element_ty))
+        elif ptrs.dtype.element_ty == tl.float32:
+            if VEC == 4:
+                tl.inline_asm_elementwise("st.global.v4.b32 [$1], {$2, $3, $4, $5};\n\tmov.u32 $0, 0;",
+                                          "=r,l,r,r,r,r", [addr, v[0], v[1], v[2], v[3]], dtype=tl.int32,
+                                          is_pure=False, pack=1)
+            else:
+                tl.inline_asm_elementwise("st.global.v2.b32 [$1], {$2, $3};\n\tmov.u32 $0, 0;",
+                                          "=r,l,r,r", [addr, v[0], v[1]], dtype=tl.int32, is_pure=False,
+                                          pack=1)
+        else:
+            if ptrs.dtype.element_ty == tl.bfloat16:
+                CVT: tl.constexpr = "cvt.rn.bf16x2.f32"
+            else:
+                CVT: tl.constexpr = "cvt.rn.f16x2.f32"
+            if VEC == 8:
+                tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t<4>;\n\t" + CVT + " t0, $3, $2;\n\t" + CVT + " t1, $5, $4;\n\t"
+                    + CVT + " t2, $7, $6;\n\t" + CVT + " t3, $9, $8;\n\t"
+                    "st.global.v4.b32 [$1], {t0, t1, t2, t3};\n\tmov.u32 $0, 0;\n\t}",
+                    "=r,l,r,r,r,r,r,r,r,r", [addr, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]],
+                    dtype=tl.int32, is_pure=False, pack=1)
+            elif VEC == 4:
+                tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t<2>;\n\t" + CVT + " t0, $3, $2;\n\t" + CVT + " t1, $5, $4;\n\t"
+                    "st.global.v2.b32 [$1], {t0, t1};\n\tmov.u32 $0, 0;\n\t}",
+                    "=r,l,r,r,r,r", [addr, v[0], v[1], v[2], v[3]], dtype=tl.int32, is_pure=False, pack=1)
+            else:
+                tl.inline_asm_elementwise(
+                    "{\n\t.reg .b32 t0;\n\t" + CVT + " t0, $3, $2;\n\t"
+                    "st.global.b32 [$1], t0;\n\tmov.u32 $0, 0;\n\t}",
+                    "=r,l,r,r", [addr, v[0], v[1]], dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
+    def _cl_load(ring, row, i, C, VEC: tl.constexpr, LOAD: tl.constexpr):
+        """The ring with the relu'd x of channels [i, i + VEC) appended (its oldest VEC dropped). LOAD: 0
+        zeros (channels known to lie outside [0, C)), 1 a plain load, 2 a load clamped into [0, C) whose
+        values outside read as 0 (PyTorch's zero padding)."""
+        if LOAD == 0:
+            for _e in tl.static_range(VEC):
+                ring = _shift(ring, tl.zeros_like(ring[0]))
+        elif LOAD == 1:
+            v = _ldv(row + i, VEC)
+            for e in tl.static_range(VEC):
+                ring = _shift(ring, _relu_up(v[e]))
+        else:
+            ok = (i >= 0) & (i < C)
+            v = _ldv(row + tl.minimum(tl.maximum(i, 0), C - VEC), VEC)
+            for e in tl.static_range(VEC):
+                ring = _shift(ring, tl.where(ok, _relu_up(v[e]), 0.0))
+        return ring
+
+    @triton.jit
+    def _cl_fwd_step(ring, x_row, y_row, i, C, alpha_n, k, SIZE: tl.constexpr, BETA: tl.constexpr,
+                     VEC: tl.constexpr, D: tl.constexpr, LOAD: tl.constexpr):
+        """Load channels [i, i + VEC) (as _cl_load) and store y of channels [i - D, i - D + VEC). The ring
+        (D + LO + VEC values) then holds channels [i - D - LO, i + VEC): output i - D + e's window starts
+        at ring[e]."""
+        LO: tl.constexpr = SIZE // 2
+        ring = _cl_load(ring, x_row, i, C, VEC, LOAD)
+        ys = ()
+        for e in tl.static_range(VEC):
+            w = ring[e:e + SIZE]
+            ys = ys + (w[LO] * _pow_neg(k + alpha_n * _ring_sumsq(w, SIZE), BETA),)
+        _stv(y_row + (i - D), ys, VEC)
+        return ring
+
+    @triton.jit
+    def _relu_lrn_cl_fwd_kernel(
+        x_ptr,  # *T (N, C, H, W) input, channels_last dense
+        y_ptr,  # *T (N, C, H, W) output, channels_last dense
+        C, NP,  # channels, pixels of all images (N * H * W)
+        n_cb, CHUNK,  # channel chunks and their length (a multiple of VEC; not WHOLE)
+        alpha_n, k,  # alpha / size, additive constant
+        SIZE: tl.constexpr, BETA: tl.constexpr,
+        VEC: tl.constexpr,  # channels per load (C and the pointers aligned to it)
+        BLOCK_P: tl.constexpr, UNROLL: tl.constexpr,  # pixels per program; steps per main-loop trip
+        WHOLE: tl.constexpr,  # one program walks all C >= D + VEC channels: static edges
+    ):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        D: tl.constexpr = (HI + VEC - 1) // VEC * VEC  # outputs lag the loads by D channels
+        pid = tl.program_id(0)
+        t = pid // n_cb
+        cb = pid - t * n_cb
+        # the last block's pixels past NP repeat the last pixel (the same values stored twice): no masks
+        q = tl.minimum(t * BLOCK_P + tl.arange(0, BLOCK_P), NP - 1)
+        row = q.to(tl.int64) * C  # once per thread, so int64 whatever the size
+        x_row = x_ptr + row
+        y_row = y_ptr + row
+        zero = _acc_zeros(q, x_ptr)
+        ring = (zero,) * (D + LO + VEC)  # channels before the first load read as 0
+        if WHOLE:
+            for m in tl.static_range(D // VEC):
+                ring = _cl_load(ring, x_row, m * VEC, C, VEC, 1)
+            n_main = (C - D) // VEC  # steps whose load lies in [0, C)
+            for g in range(0, n_main // UNROLL):
+                for u in tl.static_range(UNROLL):
+                    ring = _cl_fwd_step(ring, x_row, y_row, (g * UNROLL + u) * VEC + D, C, alpha_n, k, SIZE,
+                                        BETA, VEC, D, 1)
+            for m in range(n_main // UNROLL * UNROLL, n_main):
+                ring = _cl_fwd_step(ring, x_row, y_row, m * VEC + D, C, alpha_n, k, SIZE, BETA, VEC, D, 1)
+            for m in tl.static_range(D // VEC):
+                ring = _cl_fwd_step(ring, x_row, y_row, C + m * VEC, C, alpha_n, k, SIZE, BETA, VEC, D, 0)
+        else:
+            PRE: tl.constexpr = (LO + VEC - 1) // VEC * VEC
+            c0 = cb * CHUNK
+            c_end = tl.minimum(c0 + CHUNK, C)
+            for m in tl.static_range((PRE + D) // VEC):
+                ring = _cl_load(ring, x_row, c0 - PRE + m * VEC, C, VEC, 2)
+            for c in range(c0, c_end, VEC):
+                ring = _cl_fwd_step(ring, x_row, y_row, c + D, C, alpha_n, k, SIZE, BETA, VEC, D, 2)
+
+    # Backward (the formula above _lrn_bwd_walk_kernel, its expressions): a step loads x at channel i,
+    # computes t and a of channels [j, j + VEC), j = i - DA (loading dy there), and dx of channels
+    # [c, c + VEC), c = j - DB. Rings: R, relu'd x of [c, i + VEC) (DA + DB + VEC values); T, t of
+    # [c - HI, j + VEC) (DB + HI + VEC); A, a of [c, j + VEC) (DB + VEC): dx of c + e reads R[e], A[e] and
+    # T[e:e + SIZE], t of j + e reads the window R[e + DB - LO:][:SIZE].
+    @triton.jit
+    def _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, i, C, alpha_n, k, coef, SIZE: tl.constexpr,
+                     BETA: tl.constexpr, VEC: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+                     LOAD: tl.constexpr, TA: tl.constexpr, DX: tl.constexpr):
+        """LOAD as _cl_load's; TA: 0 no t stage, 1 t and a of zeros (channels known to lie outside
+        [0, C)), 2 computed, 3 computed with dy clamped into [0, C) and t, a zero outside; DX: store dx."""
+        LO: tl.constexpr = SIZE // 2
+        R = _cl_load(R, x_row, i, C, VEC, LOAD)
+        j = i - DA
+        if TA == 1:
+            for _e in tl.static_range(VEC):
+                T = _shift(T, tl.zeros_like(T[0]))
+                A = _shift(A, tl.zeros_like(A[0]))
+        elif TA >= 2:
+            if TA == 3:
+                ok = (j >= 0) & (j < C)
+                g = _ldv(dy_row + tl.minimum(tl.maximum(j, 0), C - VEC), VEC)
+            else:
+                g = _ldv(dy_row + j, VEC)
+            for e in tl.static_range(VEC):
+                w = R[e + DB - LO:e + DB - LO + SIZE]
+                pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(w, SIZE), BETA)
+                a_j = g[e] * pw_b
+                t_j = a_j * (w[LO] * s_inv)  # g r s^-(beta+1)
+                if TA == 3:  # channels outside [0, C) have no t or a
+                    t_j = tl.where(ok, t_j, 0.0)
+                    a_j = tl.where(ok, a_j, 0.0)
+                T = _shift(T, t_j)
+                A = _shift(A, a_j)
+        if DX:
+            dxs = ()
+            for e in tl.static_range(VEC):
+                r_c = R[e]
+                t_sum = _ring_sum(T[e:e + SIZE], SIZE)
+                dxs = dxs + (tl.where(r_c > 0, A[e] - coef * r_c * t_sum, 0.0),)
+            _stv(dx_row + (j - DB), dxs, VEC)
+        return R, T, A
+
+    @triton.jit
+    def _relu_lrn_cl_bwd_kernel(
+        x_ptr,  # *T (N, C, H, W) the forward's input, channels_last dense
+        dy_ptr,  # *T (N, C, H, W) gradient of the output, channels_last dense
+        dx_ptr,  # *T (N, C, H, W) gradient of the input, channels_last dense
+        C, NP, n_cb, CHUNK, alpha_n, k,  # as the forward's
+        SIZE: tl.constexpr, BETA: tl.constexpr, VEC: tl.constexpr, BLOCK_P: tl.constexpr,
+        UNROLL: tl.constexpr,
+        WHOLE: tl.constexpr,  # one program walks all C >= DA + DB + VEC channels: static edges
+    ):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        DA: tl.constexpr = (HI + VEC - 1) // VEC * VEC  # t and a lag the x loads by DA channels
+        DB: tl.constexpr = (LO + VEC - 1) // VEC * VEC  # dx lags t and a by DB (HI <= LO: DA <= DB)
+        pid = tl.program_id(0)
+        t = pid // n_cb
+        cb = pid - t * n_cb
+        q = tl.minimum(t * BLOCK_P + tl.arange(0, BLOCK_P), NP - 1)  # as in the forward
+        row = q.to(tl.int64) * C
+        x_row = x_ptr + row
+        dy_row = dy_ptr + row
+        dx_row = dx_ptr + row
+        zero = _acc_zeros(q, x_ptr)
+        coef = (zero + alpha_n) * (2.0 * BETA)  # in the compute dtype (float64 for float64)
+        R = (zero,) * (DA + DB + VEC)
+        T = (zero,) * (DB + HI + VEC)
+        A = (zero,) * (DB + VEC)
+        if WHOLE:
+            # c0 = 0: the rings start as zeros (channels < 0); t and a of j from -DB, so that dx of channel
+            # 0 has its window; steps loading nothing into rings of zeros are left out
+            for m in tl.static_range(2 * DB // VEC):
+                if m * VEC + DA - DB >= 0:  # i = j + DA, j = m * VEC - DB
+                    if m * VEC >= DB:
+                        R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA - DB, C, alpha_n,
+                                               k, coef, SIZE, BETA, VEC, DA, DB, 1, 2, False)
+                    else:
+                        R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA - DB, C, alpha_n,
+                                               k, coef, SIZE, BETA, VEC, DA, DB, 1, 1, False)
+            n_main = (C - DA - DB) // VEC  # steps whose x load lies in [0, C)
+            for g in range(0, n_main // UNROLL):
+                for u in tl.static_range(UNROLL):
+                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, (g * UNROLL + u) * VEC + DA + DB,
+                                           C, alpha_n, k, coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
+            for m in range(n_main // UNROLL * UNROLL, n_main):
+                R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA + DB, C, alpha_n, k,
+                                       coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
+            for m in tl.static_range((DA + DB) // VEC):  # i = C + m * VEC: past C
+                if m * VEC < DA:
+                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef,
+                                           SIZE, BETA, VEC, DA, DB, 0, 2, True)
+                else:
+                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef,
+                                           SIZE, BETA, VEC, DA, DB, 0, 1, True)
+        else:
+            c0 = cb * CHUNK
+            c_end = tl.minimum(c0 + CHUNK, C)
+            for m in tl.static_range((DA + DB) // VEC):  # x of [c0 - 2 DB, c0 - DB + DA)
+                R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 - 2 * DB + m * VEC, C, alpha_n, k,
+                                       coef, SIZE, BETA, VEC, DA, DB, 2, 0, False)
+            for m in tl.static_range(2 * DB // VEC):  # t and a of [c0 - DB, c0 + DB)
+                R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 - DB + DA + m * VEC, C, alpha_n, k,
+                                       coef, SIZE, BETA, VEC, DA, DB, 2, 3, False)
+            for c in range(c0, c_end, VEC):
+                R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c + DA + DB, C, alpha_n, k, coef, SIZE,
+                                       BETA, VEC, DA, DB, 2, 3, True)
+
+    if INTERPRET:
+        # the interpreter has no inline PTX: element loads and stores, as plain Python (see _jit.py)
+        def _ldv(ptrs, VEC):
+            return tuple(_upcast(tl.load(ptrs + e)) for e in range(getattr(VEC, "value", VEC)))
+
+        def _stv(ptrs, v, VEC):
+            for e in range(len(v)):
+                tl.store(ptrs + e, v[e].to(ptrs.dtype.element_ty))
+
 # ------------------------------------------------------------------------------------ launchers
 
 # Tiles of the channels_last (and wide-window) kernels: long along the contiguous C axis.
@@ -726,6 +1035,65 @@ def _launch_tile(kernel, name, tensors, x, fmt, size, alpha, beta, k) -> None:
            SIZE=size, BETA=float(beta), BIG=needs_int64(x))
 
 
+
+_CL_BLOCK = 128  # pixels per program of the channels_last walks (one a thread)
+_CL_THREADS = 2**17  # below this many pixels, the channels are split into chunks (more programs)
+
+
+def cl_walk_fits(size: int) -> bool:
+    return size <= WALK_MAX_SIZE
+
+
+def _cl_vec(c: int, tensors) -> int:
+    """Channels per load of the channels_last walks: up to 16 bytes, a power of two dividing C, with
+    every tensor's data aligned to it (a view may start anywhere)."""
+    dtype = tensors[0].dtype
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return 1
+    es = tensors[0].element_size()
+    vec = 16 // es
+    while vec > 1 and (c % vec or any(t.data_ptr() % (vec * es) for t in tensors)):
+        vec //= 2
+    return vec
+
+
+@functools.lru_cache(maxsize=256)
+def _cl_plan(n, c, h, w, size, beta, vec, backward, threads):
+    """(grid, config, trips, chunks, chunk length) of a channels_last walk; fewer than ``threads`` pixels
+    split the channels."""
+    lo = size // 2
+    hi = size - 1 - lo
+    da = cdiv(hi, vec) * vec
+    db = cdiv(lo, vec) * vec
+    lag = da + db if backward else da  # outputs lag the x loads by this many channels
+    np_ = n * h * w
+    block = _CL_BLOCK if np_ >= _CL_BLOCK else 32
+    # split the channels when the pixels alone give few threads, in chunks of at least 16 channels
+    n_cb = max(1, min(threads // np_, c // max(16, 2 * vec)))
+    chunk = cdiv(cdiv(c, n_cb), vec) * vec
+    n_cb = cdiv(c, chunk)
+    whole = n_cb == 1 and c >= lag + vec
+    unroll = 2 if vec > 1 else 4
+    if whole:
+        n_main = (c - lag) // vec
+        trips = (n_main // unroll, n_main % unroll)
+    else:
+        trips = (sum(cdiv(min(chunk, c - c0), vec) for c0 in range(0, c, chunk)) / n_cb,)
+    cfg = Config(dict(SIZE=size, BETA=beta, VEC=vec, BLOCK_P=block, UNROLL=unroll, WHOLE=whole),
+                 num_warps=block // 32)
+    return (n_cb * cdiv(np_, block),), cfg, trips, n_cb, chunk
+
+
+def launch_cl_walk(tensors, x, size, alpha, beta, k, backward: bool) -> None:
+    """relu_lrn forward (tensors x, y) or backward (x, dy, dx), channels_last."""
+    n, c, h, w = x.shape
+    grid, cfg, trips, n_cb, chunk = _cl_plan(n, c, h, w, size, float(beta), _cl_vec(c, tensors), backward,
+                                              _CL_THREADS)
+    launch("relu_lrn_bwd" if backward else "relu_lrn_fwd",
+           _relu_lrn_cl_bwd_kernel if backward else _relu_lrn_cl_fwd_kernel, grid,
+           (*tensors, c, n * h * w, n_cb, chunk, alpha / size, k), cfg, x.device, trips)
+
+
 def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """out[:, c] = sum of t[:, c - before .. c + after] along channels, zero outside."""
     padded = torch.nn.functional.pad(t, (0, 0, 0, 0, before, after))
@@ -769,6 +1137,8 @@ def _relu_lrn_forward(x, size, alpha, beta, k):
         return y.copy_(lrn_forward_torch(x, size, alpha, beta, k))
     if fmt == torch.contiguous_format and walk_forward_fits(size):
         launch_walk_forward(x, y, None, None, size, alpha, beta, k)
+    elif fmt == torch.channels_last and cl_walk_fits(size):
+        launch_cl_walk((x, y), x, size, alpha, beta, k, backward=False)
     else:
         _launch_tile(_relu_lrn_fwd_kernel, "relu_lrn_fwd", (x, y), x, fmt, size, alpha, beta, k)
     return y
@@ -786,6 +1156,8 @@ def _relu_lrn_backward(dy, x, size, alpha, beta, k):
         return dx.copy_(lrn_backward_torch(x, dy, size, alpha, beta, k))
     if fmt == torch.contiguous_format and walk_backward_fits(size):
         launch_walk_backward(x, dy, None, dx, None, size, alpha, beta, k)
+    elif fmt == torch.channels_last and cl_walk_fits(size):
+        launch_cl_walk((x, dy, dx), x, size, alpha, beta, k, backward=True)
     else:
         _launch_tile(_relu_lrn_bwd_kernel, "relu_lrn_bwd", (x, dy, dx), x, fmt, size, alpha, beta, k)
     return dx

@@ -189,3 +189,82 @@ def test_relu_lrn_nchw_walk_and_channels_last_tile_agree_bit_for_bit(size, beta)
     (y_nchw, dx_nchw), (y_cl, dx_cl) = results
     assert torch.equal(y_nchw, y_cl), (y_nchw - y_cl).abs().max()
     assert torch.equal(dx_nchw, dx_cl), (dx_nchw - dx_cl).abs().max()
+
+
+# ------------------------------------------------------------------ channels_last: the channel walks
+
+
+def _channels_last_at(x, offset):
+    """x as a channels_last tensor whose data starts ``offset`` elements into its storage (a view that
+    defeats vector access)."""
+    n, c, h, w = x.shape
+    buf = torch.zeros(offset + x.numel(), dtype=x.dtype)
+    v = buf[offset:].view(n, h, w, c).permute(0, 3, 1, 2)
+    v.copy_(x)
+    return v
+
+
+# (shape, dtype, size, storage offset, chunks: split the channels (else one program walks all C when it
+# can), expected VEC, expected WHOLE (static channel edges) of the forward and the backward)
+CL_WALKS = [
+    ((2, 24, 3, 3), torch.float32, 5, 0, False, 4, (True, True)),  # 128-bit loads, main loop and remainder
+    ((2, 40, 2, 3), torch.bfloat16, 5, 0, False, 8, (True, True)),
+    ((1, 40, 2, 3), torch.bfloat16, 5, 0, True, 8, (False, False)),  # chunks of 16: halos from neighbours
+    ((1, 70, 2, 2), torch.float32, 5, 0, True, 2, (False, False)),  # C not a multiple of 4: 64-bit loads
+    ((2, 18, 2, 3), torch.float16, 4, 0, False, 2, (True, True)),  # even window
+    ((1, 7, 3, 2), torch.float32, 5, 0, False, 1, (True, True)),  # odd C: one channel per load
+    ((1, 3, 3, 2), torch.float32, 5, 0, False, 1, (True, False)),  # C < SIZE
+    ((1, 8, 3, 2), torch.bfloat16, 9, 0, False, 8, (False, False)),  # C < SIZE with 8 channels a load
+    ((1, 48, 2, 2), torch.bfloat16, 16, 0, False, 8, (True, True)),  # the widest window the walks take
+    ((1, 16, 2, 3), torch.float32, 1, 0, False, 4, (True, True)),
+    ((2, 24, 2, 3), torch.float32, 5, 1, False, 1, (True, True)),  # misaligned views: narrower loads
+    ((2, 24, 2, 3), torch.bfloat16, 5, 2, False, 2, (True, True)),
+]
+
+
+@pytest.mark.parametrize("shape,dtype,size,offset,chunks,vec,whole", CL_WALKS)
+def test_relu_lrn_channels_last_walk(monkeypatch, shape, dtype, size, offset, chunks, vec, whole):
+    """The channels_last walks (vector loads of a pixel's channels, static or masked channel edges,
+    chunks) against PyTorch and bit for bit against the NCHW walks, with NaN and inf in x."""
+    from kernels import lrn
+    launches = []
+    real = lrn.launch
+
+    def spy(name, fn, grid, args, cfg, device, trips=(), **kw):
+        launches.append((fn, {**cfg.constexprs, **kw}))
+        return real(name, fn, grid, args, cfg, device, trips, **kw)
+
+    monkeypatch.setattr(lrn, "launch", spy)
+    monkeypatch.setattr(lrn, "_CL_THREADS", 2**30 if chunks else 1)  # chunks of at least 16 channels
+    x = make_values(shape, "normal", size, dtype, 3.0)
+    x[0, 1, 0, 0] = float("nan")
+    x[0, -1, -1, -1] = float("inf")
+    x[-1, shape[1] // 2, 0, 1] = float("-inf")
+    g = make_grad(shape, size + 1, dtype)
+    args = (size, 0.5, 0.75, 1.0)
+    results = []
+    for fmt in ("contiguous", "channels_last"):
+        if fmt == "contiguous":
+            xf, gf = x.clone(), g.clone()
+        else:
+            xf, gf = _channels_last_at(x, offset), _channels_last_at(g, offset)
+        xf.requires_grad_()
+        y = kernels.relu_lrn(xf, *args)
+        (dx,) = torch.autograd.grad(y, xf, gf)
+        results.append((y.detach().contiguous(), dx.contiguous()))
+    (fwd, fwd_args), (bwd, bwd_args) = launches[-2:]
+    assert fwd is lrn._relu_lrn_cl_fwd_kernel and bwd is lrn._relu_lrn_cl_bwd_kernel, launches
+    assert (fwd_args["VEC"], bwd_args["VEC"]) == (vec, vec), (fwd_args, bwd_args)
+    assert (fwd_args["WHOLE"], bwd_args["WHOLE"]) == whole, (fwd_args, bwd_args)
+    (y_nchw, dx_nchw), (y_cl, dx_cl) = results
+    torch.testing.assert_close(y_cl, y_nchw, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(dx_cl, dx_nchw, rtol=0, atol=0, equal_nan=True)
+    ref, _ = ref_forward_backward(reference.relu_lrn, x, None, *args)
+    assert_close_verbose(y_cl, ref, TOLERANCES[dtype], name=f"relu_lrn channels_last walk {shape} {dtype}")
+    finite = torch.isfinite(x)
+    xr = torch.where(finite, x, torch.zeros_like(x))
+    _, ref_grad = ref_forward_backward(reference.relu_lrn, xr, g, *args)
+    xr_cl = _channels_last_at(xr, offset).requires_grad_()
+    (dx_r,) = torch.autograd.grad(kernels.relu_lrn(xr_cl, *args), xr_cl, _channels_last_at(g, offset))
+    assert_close_verbose(dx_r, ref_grad, grad_tol(dtype, ref_grad), name=f"relu_lrn channels_last walk grad "
+                         f"{shape} {dtype}")
