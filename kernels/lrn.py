@@ -4,9 +4,10 @@
     win(c) = [c - size // 2, c + (size - 1) // 2]   (PyTorch's padding, also for even sizes)
 
 Forward reads x once and writes y. Backward saves nothing but x: it recomputes s from x, reads x and dy,
-writes dx. NCHW inputs walk the channels (the window lives in registers); channels_last inputs use tiles
-that read the window's channels at neighbouring addresses. The walking kernels also serve the fused
-block (``kernels/block.py``, POOL=True).
+writes dx. NCHW inputs walk the channels (the window lives in registers); so do channels_last inputs, a
+thread a pixel, loading up to 16 bytes of a pixel's contiguous channels at once. Windows wider than
+WALK_MAX_SIZE use tiles that read the window's channels at neighbouring addresses. The NCHW walks also
+serve the fused block (``kernels/block.py``, POOL=True).
 """
 
 from __future__ import annotations
@@ -420,7 +421,7 @@ if triton is not None:
             R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW,
                                  PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
 
-    # ------------------------------------------------------ channels_last (and wide windows): tiles
+    # ------------------------------------------ windows wider than WALK_MAX_SIZE (either layout): tiles
     # A program owns a (BLOCK_C channels x BLOCK_HW pixels) tile and reads each channel's window from
     # cache. The window sum runs over channels in the same order as the walking kernels' (oldest first)
     # and s^-beta is the same _pow_neg, so both give the same values.
@@ -823,7 +824,7 @@ if triton is not None:
 
 # ------------------------------------------------------------------------------------ launchers
 
-# Tiles of the channels_last (and wide-window) kernels: long along the contiguous C axis.
+# Tiles of the wide-window kernels (SIZE > WALK_MAX_SIZE, either layout).
 _TILE_FWD = Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=4)
 _TILE_BWD = Config(dict(BLOCK_C=32, BLOCK_HW=32), num_warps=8)
 WALK_MAX_SIZE = 16  # the walking kernels keep SIZE values per pixel and ring in registers

@@ -175,9 +175,9 @@ def test_relu_lrn_rejects_size_below_one(path, size):
                     "multiply-adds differently")
 @pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.3), (3, 1.0)])
 def test_relu_lrn_nchw_walk_and_channels_last_tile_agree_bit_for_bit(size, beta):
-    # The walking kernels (NCHW) and the tile kernels (channels_last) sum the window's squares and the
-    # backward's t in the same channel order with the same expressions, so their results are equal bit
-    # for bit; the fused block relies on that order too (its argmax at a tie).
+    # The NCHW and the channels_last walks sum the window's squares and the backward's t in the same
+    # channel order with the same expressions, so their results are equal bit for bit; the fused block
+    # relies on that order too (its argmax at a tie).
     x = torch.randn(2, 11, 5, 7, generator=torch.Generator().manual_seed(size)) * 3.0
     g = torch.randn(2, 11, 5, 7, generator=torch.Generator().manual_seed(size + 1))
     results = []
@@ -268,3 +268,17 @@ def test_relu_lrn_channels_last_walk(monkeypatch, shape, dtype, size, offset, ch
     (dx_r,) = torch.autograd.grad(kernels.relu_lrn(xr_cl, *args), xr_cl, _channels_last_at(g, offset))
     assert_close_verbose(dx_r, ref_grad, grad_tol(dtype, ref_grad), name=f"relu_lrn channels_last walk grad "
                          f"{shape} {dtype}")
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_relu_lrn_window_wider_than_the_walks_takes_tiles(monkeypatch, fmt):
+    """SIZE > WALK_MAX_SIZE: the tile kernels, in both layouts, against PyTorch."""
+    from kernels import lrn
+    kernels_run = []
+    real = lrn.launch
+    monkeypatch.setattr(lrn, "launch", lambda name, fn, *a, **kw: (kernels_run.append(fn), real(name, fn, *a,
+                                                                                                 **kw)))
+    size = lrn.WALK_MAX_SIZE + 1
+    check_relu_lrn("triton", (1, 20, 2, 3), torch.float32, fmt, fmt, "normal", seed=3, size=size, alpha=1.0,
+                   beta=0.75, k=1.0, scale=2.0)
+    assert kernels_run == [lrn._relu_lrn_fwd_kernel, lrn._relu_lrn_bwd_kernel], kernels_run
