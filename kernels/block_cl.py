@@ -25,8 +25,18 @@ import torch
 from ._common import INTERPRET, Config, cdiv, launch, tl, triton
 
 if triton is not None:
-    from ._jit import _acc_zeros, _ld, _pow_neg, _pow_neg2, _relu_up, _ring_sum, _ring_sumsq, _st, _upcast
-    from .lrn import _route
+    from ._jit import (
+        _acc_zeros,
+        _ld,
+        _pow_neg,
+        _pow_neg2,
+        _put,
+        _relu_up,
+        _ring_sum,
+        _ring_sumsq,
+        _st,
+        _upcast,
+    )
 
     @triton.jit
     def _ld_int(ptrs):
@@ -53,23 +63,70 @@ if triton is not None:
                 "=r,l,h,r", [addr, v, flag], dtype=tl.int32, is_pure=False, pack=1)
 
     @triton.jit
-    def _channels(p, hoffs, hoks, G: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
-        """relu(x) of channels c0 - LO .. c0 + G + HI - 1 at one pixel (p: its channel-c0 address). The
-        halo channels are read at p + hoffs[h] (0 for a channel outside [0, C), whose value is zeroed:
-        PyTorch's zero padding)."""
-        r = ()
-        for i in tl.static_range(G + LO + HI):
-            if i < LO:
-                r = r + (tl.where(hoks[i], _relu_up(_ld(p + hoffs[i])), 0.0),)
-            elif i >= LO + G:
-                r = r + (tl.where(hoks[i - G], _relu_up(_ld(p + hoffs[i - G])), 0.0),)
+    def _vld(ptrs, VEC: tl.constexpr):
+        """VEC consecutive elements from ptrs (aligned to VEC elements): one inline PTX load of 16 bytes
+        (4 float32 or 8 16-bit values), or with VEC = 1 one element (see _jit._ld)."""
+        if VEC == 1:
+            return (_ld(ptrs),)
+        elif VEC == 4:
+            return tl.inline_asm_elementwise("ld.global.v4.f32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l",
+                                             [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 t0, t1, t2, t3; ld.global.v4.b32 {t0, t1, t2, t3}, [$8]; mov.b32 {$0, $1}, t0;"
+                " mov.b32 {$2, $3}, t1; mov.b32 {$4, $5}, t2; mov.b32 {$6, $7}, t3; }",
+                "=h,=h,=h,=h,=h,=h,=h,=h,l", [ptrs], dtype=(ptrs.dtype.element_ty,) * 8, is_pure=True, pack=1)
+
+    @triton.jit
+    def _halo(c0, C, L: tl.constexpr, R: tl.constexpr, G: tl.constexpr, VEC: tl.constexpr):
+        """Offsets from c0 of the VEC-vectors holding channels c0 - L .. c0 - 1 and c0 + G .. c0 + G + R - 1,
+        and whether each lies in [0, C) (all or none of a vector's channels: C and c0 are multiples of
+        VEC); a vector outside is read at offset 0 instead."""
+        NL: tl.constexpr = (L + VEC - 1) // VEC
+        NR: tl.constexpr = (R + VEC - 1) // VEC
+        offs = ()
+        oks = ()
+        for m in tl.static_range(NL + NR):
+            if m < NL:
+                o = (m - NL) * VEC
             else:
-                r = r + (_relu_up(_ld(p + (i - LO))),)
-        return r
+                o = G + (m - NL) * VEC
+            ok = (c0 + o >= 0) & (c0 + o + VEC <= C)
+            offs = offs + (tl.where(ok, o, 0),)
+            oks = oks + (ok,)
+        return offs, oks
+
+    @triton.jit
+    def _span(p, offs, oks, L: tl.constexpr, R: tl.constexpr, G: tl.constexpr, VEC: tl.constexpr,
+              RELU: tl.constexpr):
+        """Channels c0 - L .. c0 + G + R - 1 at one pixel (p: its channel-c0 address; offs, oks from _halo),
+        upcast (and relu'd with RELU); channels outside [0, C) read as 0 (PyTorch's zero padding)."""
+        NL: tl.constexpr = (L + VEC - 1) // VEC
+        NR: tl.constexpr = (R + VEC - 1) // VEC
+        vals = ()
+        for m in tl.static_range(NL + G // VEC + NR):
+            if m < NL:
+                v = _vld(p + offs[m], VEC)
+            elif m < NL + G // VEC:
+                v = _vld(p + (m - NL) * VEC, VEC)
+            else:
+                v = _vld(p + offs[m - G // VEC], VEC)
+            for e in tl.static_range(VEC):
+                if RELU:
+                    u = _relu_up(v[e])
+                else:
+                    u = _upcast(v[e])
+                if m < NL:
+                    u = tl.where(oks[m], u, 0.0)
+                elif m >= NL + G // VEC:
+                    u = tl.where(oks[m - G // VEC], u, 0.0)
+                vals = vals + (u,)
+        return vals[NL * VEC - L:NL * VEC + G + R]
 
     @triton.jit
     def _row_maxima(row, C, hoffs, hoks, alpha_n, k, zero_i, y_ptr, G: tl.constexpr, SIZE: tl.constexpr,
-                    BETA: tl.constexpr, KW: tl.constexpr, SW: tl.constexpr, TOW: tl.constexpr):
+                    BETA: tl.constexpr, KW: tl.constexpr, SW: tl.constexpr, TOW: tl.constexpr,
+                    VEC: tl.constexpr):
         """The LRN values of one input row's V = (TOW - 1) * SW + KW pixels (row: the first one's channel-c0
         address), rounded to the output dtype, reduced to each window column's maximum: (bests, args),
         flat tuples indexed b * G + j (window column b, channel c0 + j), args the winners' kw."""
@@ -78,7 +135,7 @@ if triton is not None:
         V: tl.constexpr = (TOW - 1) * SW + KW
         cols = ()
         for v in tl.static_range(V):
-            r = _channels(row + v * C, hoffs, hoks, G, LO, HI)
+            r = _span(row + v * C, hoffs, hoks, LO, HI, G, VEC, True)
             vals = ()
             for j in tl.static_range(G):
                 y = r[j + LO] * _pow_neg(k + alpha_n * _ring_sumsq(r[j:j + SIZE], SIZE), BETA)
@@ -110,7 +167,7 @@ if triton is not None:
         alpha_n, k,
         SIZE: tl.constexpr, BETA: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-        TOW: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr,
+        TOW: tl.constexpr, G: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr,
     ):
         LO: tl.constexpr = SIZE // 2
         HI: tl.constexpr = SIZE - 1 - LO
@@ -136,24 +193,14 @@ if triton is not None:
         y_img = y_ptr + o_off
         am_img = am_ptr + o_off
         zero_i = tl.zeros_like(q)
-        # halo channels c0 - LO .. c0 - 1 and c0 + G .. c0 + G + HI - 1: offsets from c0 (0 outside [0, C))
-        hoffs = ()
-        hoks = ()
-        for h in tl.static_range(LO + HI):
-            if h < LO:
-                jh = h - LO
-            else:
-                jh = G + h - LO
-            ok = (c0 + jh >= 0) & (c0 + jh < C)
-            hoffs = hoffs + (tl.where(ok, jh, 0),)
-            hoks = hoks + (ok,)
+        hoffs, hoks = _halo(c0, C, LO, HI, G, VEC)  # the halo channels' vectors
         consts = (C, hoffs, hoks, alpha_n, k, zero_i, y_ptr)
         # the first pooled row's first OV input rows
         car_b = ()
         car_a = ()
         for u in tl.static_range(OV):
             b_, a_ = _row_maxima(x_img + (oh0 * SH + u).to(tl.int64) * WC, *consts, G, SIZE, BETA, KW, SW,
-                                 TOW)
+                                 TOW, VEC)
             car_b = car_b + (b_,)
             car_a = car_a + (a_,)
         for i in range(n_rows):
@@ -162,7 +209,7 @@ if triton is not None:
             rows_a = car_a
             for u in tl.static_range(OV, KH):
                 b_, a_ = _row_maxima(x_img + (oh * SH + u).to(tl.int64) * WC, *consts, G, SIZE, BETA, KW, SW,
-                                     TOW)
+                                     TOW, VEC)
                 rows_b = rows_b + (b_,)
                 rows_a = rows_a + (a_,)
             o_row = oh.to(tl.int64) * OWC
@@ -181,20 +228,59 @@ if triton is not None:
             car_a = rows_a[SH:]
 
     @triton.jit
+    def _route_row(gs, w_row, wok, toffs, toks, doffs, doks, am_ptr, dy_ptr, A: tl.constexpr,
+                   G: tl.constexpr, SIZE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                   SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                   OH_LO: tl.constexpr, OW_LO: tl.constexpr, NWW: tl.constexpr, VEC: tl.constexpr):
+        """Add the pooled gradient of one row of windows (w_row[b]: window (row, b)'s channel-c0 offset,
+        wok[b]: inside the pooled plane) to gs[i][p] (channel c0 - HI + i, pixel p of a block for which the
+        row is window row A) where the pixel is the window's argmax. toffs, toks: the halo channels'
+        offsets (_halo with VEC = 1), doffs, doks: their vectors'."""
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = SIZE - 1 - LO
+        ds = ()
+        for b in tl.static_range(NWW):
+            ds = ds + (_span(dy_ptr + w_row[b], doffs, doks, HI, LO, G, VEC, False),)
+        out = ()
+        for i in tl.static_range(G + SIZE - 1):
+            g_p = gs[i]
+            for b in tl.static_range(NWW):
+                if i < HI:  # a halo channel: its argmax read at a clamped channel, outside [0, C) unused
+                    am = _ld_int(am_ptr + w_row[b] + toffs[i])
+                    m = wok[b] & toks[i]
+                elif i >= G + HI:
+                    am = _ld_int(am_ptr + w_row[b] + toffs[i - G])
+                    m = wok[b] & toks[i - G]
+                else:
+                    am = _ld_int(am_ptr + w_row[b] + (i - HI))
+                    m = wok[b]
+                d = ds[b][i]
+                # the pixel's position in window (A, b) is a constant: one compare per pair that can meet
+                for u in tl.static_range(SH):
+                    for v in tl.static_range(SW):
+                        kh = u + PH - (OH_LO + A) * SH
+                        kw = v + PW - (OW_LO + b) * SW
+                        if kh >= 0 and kh < KH and kw >= 0 and kw < KW:
+                            hit = m & (am == kh * KW + kw)
+                            g_p = _put(g_p, u * SW + v, tl.where(hit, g_p[u * SW + v] + d, g_p[u * SW + v]))
+            out = out + (g_p,)
+        return out
+
+    @triton.jit
     def _cl_bwd_kernel(
         x_ptr,  # *T (N, C, H, W) the forward's input, channels_last dense
         dy_ptr,  # *T (N, C, OH, OW) gradient of the pooled output, channels_last dense
         am_ptr,  # *u8|i32 (N, C, OH, OW) the forward's argmax, channels_last
         dx_ptr,  # *T (N, C, H, W) gradient of the input, channels_last dense
         C, H, W, OH, OW,
-        n_cg, n_bc, n_br, n_q,  # channel groups, pixel-block columns and rows, threads in all
+        n_cg, n_bc, n_pr, n_q, n_blocks,  # channel groups, block columns, walks per column, threads, blocks
         alpha_n, k,
         SIZE: tl.constexpr, BETA: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         PH: tl.constexpr, PW: tl.constexpr,
         OH_LO: tl.constexpr, NWH: tl.constexpr,  # windows holding a block's rows: bh + OH_LO + [0, NWH)
         OW_LO: tl.constexpr, NWW: tl.constexpr,
-        G: tl.constexpr, BLOCK: tl.constexpr,
+        G: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr,
     ):
         LO: tl.constexpr = SIZE // 2
         HI: tl.constexpr = SIZE - 1 - LO
@@ -205,84 +291,93 @@ if triton is not None:
         cg = q - t * n_cg
         t2 = t // n_bc
         bw = t - t2 * n_bc
-        n = t2 // n_br
-        bh = t2 - n * n_br
+        n = t2 // n_pr
+        pr = t2 - n * n_pr
         c0 = tl.minimum(cg * G, C - G)
+        # a walk of n_blocks block rows down block column bw; the last walk overlaps its neighbour
+        bh0 = tl.minimum(pr * n_blocks, tl.cdiv(H, SH) - n_blocks)
         zero = _acc_zeros(q, x_ptr)
         coef = (zero + alpha_n) * (2.0 * BETA)
-        # the block's pixels (clamped into the plane for the loads; those outside store nothing)
         n64 = n.to(tl.int64)
-        pix = ()
-        pok = ()
-        for u in tl.static_range(SH):
-            for v in tl.static_range(SW):
-                ih = bh * SH + u
-                iw = bw * SW + v
-                pok = pok + ((ih < H) & (iw < W),)
-                pix = pix + ((n64 * H + tl.minimum(ih, H - 1)) * W * C + (tl.minimum(iw, W - 1) * C + c0),)
-        # the windows that can hold one of them (clamped into the pooled plane; those outside route nothing)
-        wins = ()
-        wok = ()
-        for a in tl.static_range(NWH):
+        WC = W * C
+        OWC = OW * C
+        x_img = n64 * H * WC + c0
+        o_img = n64 * OH * OWC + c0
+        # the block's pixel columns and its windows' columns (clamped into the plane)
+        col_off = ()
+        col_ok = ()
+        for v in tl.static_range(SW):
+            iw = bw * SW + v
+            col_off = col_off + (tl.minimum(iw, W - 1) * C,)
+            col_ok = col_ok + (iw < W,)
+        wcol_off = ()
+        wcol_ok = ()
+        for b in tl.static_range(NWW):
+            ow = bw + (OW_LO + b)
+            wcol_off = wcol_off + (tl.minimum(tl.maximum(ow, 0), OW - 1) * C,)
+            wcol_ok = wcol_ok + ((ow >= 0) & (ow < OW),)
+        # the halo: x's channels c0 - (SIZE - 1) .. c0 - 1 and c0 + G .. c0 + G + SIZE - 2 (vectors), the
+        # t channels c0 - HI .. c0 - 1 and c0 + G .. c0 + G + LO - 1 (vectors, and one by one)
+        xoffs, xoks = _halo(c0, C, SIZE - 1, SIZE - 1, G, VEC)
+        doffs, doks = _halo(c0, C, HI, LO, G, VEC)
+        toffs, toks = _halo(c0, C, HI, LO, G, 1)
+        rargs = (toffs, toks, doffs, doks, am_ptr, dy_ptr)
+        # gs[i][p]: the gradient routed to pixel p, channel c0 - HI + i. With two window rows per block
+        # (NWH = 2) a block's first window row is its predecessor's second: routed there into `carry`
+        # (window row 0 of the next block; rows are added in order, as PyTorch's gather sums them)
+        empty = ((zero,) * NPIX,) * NT
+        carry = empty
+        if NWH == 2:
+            oh = bh0 + OH_LO
+            w_row = ()
             for b in tl.static_range(NWW):
-                oh = bh + (OH_LO + a)
-                ow = bw + (OW_LO + b)
-                wok = wok + ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW),)
-                ohc = tl.minimum(tl.maximum(oh, 0), OH - 1)
-                owc = tl.minimum(tl.maximum(ow, 0), OW - 1)
-                wins = wins + ((n64 * OH + ohc) * OW * C + (owc * C + c0),)
-        # halo offsets from c0: x's channels c0 - (SIZE - 1) .. c0 - 1 and c0 + G .. c0 + G + SIZE - 2
-        # (0 outside [0, C), the value zeroed)
-        hoffs = ()
-        hoks = ()
-        for h in tl.static_range(2 * SIZE - 2):
-            if h < SIZE - 1:
-                jh = h - (SIZE - 1)
-            else:
-                jh = G + h - (SIZE - 1)
-            ok = (c0 + jh >= 0) & (c0 + jh < C)
-            hoffs = hoffs + (tl.where(ok, jh, 0),)
-            hoks = hoks + (ok,)
-        # the pooled gradient routed to the block's pixels, channel by channel: gs[i][p]
-        gs = ()
-        for i in tl.static_range(NT):
-            g_p = (zero,) * NPIX
-            for a in tl.static_range(NWH):
-                for b in tl.static_range(NWW):
-                    if i < HI:  # a halo channel: the windows' data at a clamped channel
-                        off = wins[a * NWW + b] + hoffs[i - HI + (SIZE - 1)]
-                        m = wok[a * NWW + b] & hoks[i - HI + (SIZE - 1)]
-                    elif i >= G + HI:
-                        off = wins[a * NWW + b] + hoffs[i - HI - G + (SIZE - 1)]
-                        m = wok[a * NWW + b] & hoks[i - HI - G + (SIZE - 1)]
-                    else:
-                        off = wins[a * NWW + b] + (i - HI)
-                        m = wok[a * NWW + b]
-                    am = tl.where(m, _ld_int(am_ptr + off), -1)
-                    d = _upcast(_ld(dy_ptr + off))
-                    g_p = _route(g_p, am, d, a, b, KH, KW, SH, SW, PH, PW, OH_LO, OW_LO)
-            gs = gs + (g_p,)
-        for p in tl.static_range(NPIX):
-            r = _channels(x_ptr + pix[p], hoffs, hoks, G, SIZE - 1, SIZE - 1)
-            ts = ()
-            as_ = ()
-            for i in tl.static_range(NT):
-                ring = r[i:i + SIZE]
-                pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(ring, SIZE), BETA)
-                a_i = gs[i][p] * pw_b
-                t_i = a_i * (ring[LO] * s_inv)  # g r s^-(beta+1)
-                # channels outside [0, C) have no t (not even NaN from s = 0)
-                if i < HI:
-                    t_i = tl.where(hoks[i - HI + (SIZE - 1)], t_i, 0.0)
-                elif i >= G + HI:
-                    t_i = tl.where(hoks[i - HI - G + (SIZE - 1)], t_i, 0.0)
-                ts = ts + (t_i,)
-                as_ = as_ + (a_i,)
-            for j in tl.static_range(G):
-                r_c = r[j + SIZE - 1]
-                t_sum = _ring_sum(ts[j:j + SIZE], SIZE)
-                dx = tl.where(r_c > 0, as_[j + HI] - coef * r_c * t_sum, 0.0)
-                _st_if(dx_ptr + pix[p] + j, dx.to(dx_ptr.dtype.element_ty), pok[p])
+                w_row = w_row + (o_img + tl.minimum(tl.maximum(oh, 0), OH - 1).to(tl.int64) * OWC
+                                 + wcol_off[b],)
+            wok = ()
+            for b in tl.static_range(NWW):
+                wok = wok + (wcol_ok[b] & (oh >= 0) & (oh < OH),)
+            carry = _route_row(empty, w_row, wok, *rargs, 0, G, SIZE, KH, KW, SH, SW, PH, PW, OH_LO, OW_LO,
+                               NWW, VEC)
+        for it in range(n_blocks):
+            bh = bh0 + it
+            oh = bh + (OH_LO + NWH - 1)  # the block's last window row
+            w_row = ()
+            wok = ()
+            for b in tl.static_range(NWW):
+                w_row = w_row + (o_img + tl.minimum(tl.maximum(oh, 0), OH - 1).to(tl.int64) * OWC
+                                 + wcol_off[b],)
+                wok = wok + (wcol_ok[b] & (oh >= 0) & (oh < OH),)
+            gs = _route_row(carry, w_row, wok, *rargs, NWH - 1, G, SIZE, KH, KW, SH, SW, PH, PW, OH_LO,
+                            OW_LO, NWW, VEC)
+            if NWH == 2:
+                carry = _route_row(empty, w_row, wok, *rargs, 0, G, SIZE, KH, KW, SH, SW, PH, PW, OH_LO,
+                                   OW_LO, NWW, VEC)
+            for u in tl.static_range(SH):
+                ih = bh * SH + u
+                row = x_img + tl.minimum(ih, H - 1).to(tl.int64) * WC
+                for v in tl.static_range(SW):
+                    p_off = row + col_off[v]
+                    p_ok = col_ok[v] & (ih < H)
+                    r = _span(x_ptr + p_off, xoffs, xoks, SIZE - 1, SIZE - 1, G, VEC, True)
+                    ts = ()
+                    as_ = ()
+                    for i in tl.static_range(NT):
+                        ring = r[i:i + SIZE]
+                        pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(ring, SIZE), BETA)
+                        a_i = gs[i][u * SW + v] * pw_b
+                        t_i = a_i * (ring[LO] * s_inv)  # g r s^-(beta+1)
+                        # channels outside [0, C) have no t (not even NaN from s = 0)
+                        if i < HI:
+                            t_i = tl.where(toks[i], t_i, 0.0)
+                        elif i >= G + HI:
+                            t_i = tl.where(toks[i - G], t_i, 0.0)
+                        ts = ts + (t_i,)
+                        as_ = as_ + (a_i,)
+                    for j in tl.static_range(G):
+                        r_c = r[j + SIZE - 1]
+                        t_sum = _ring_sum(ts[j:j + SIZE], SIZE)
+                        dx = tl.where(r_c > 0, as_[j + HI] - coef * r_c * t_sum, 0.0)
+                        _st_if(dx_ptr + p_off + j, dx.to(dx_ptr.dtype.element_ty), p_ok)
 
     if INTERPRET:
         # plain Python under the interpreter (see _jit.py): no inline PTX, and no re-patching per call
@@ -292,17 +387,27 @@ if triton is not None:
         def _st_if(ptrs, v, ok):
             tl.store(ptrs, v, mask=ok)
 
-        _channels = _channels.fn
+        def _vld(ptrs, VEC):
+            return tuple(tl.load(ptrs + e) for e in range(VEC))
+
+        _halo = _halo.fn
+        _span = _span.fn
         _row_maxima = _row_maxima.fn
-        _route = _route.fn
+        _route_row = _route_row.fn
 
 
 # ------------------------------------------------------------------------------------ launchers
 
-_ROWS = 4  # pooled rows a forward thread walks
-_TOW = 2  # pooled columns a forward thread owns
+_ROWS = 8  # pooled rows a forward thread walks, at most
+_TOW = 3  # pooled columns a forward thread owns, at most
 _G = 8  # channels a thread owns
 _BLOCK = 128
+
+
+def _vec(x, c: int, g: int) -> int:
+    """Channels per vector load: 16 bytes where C, G and the tensor's address allow, else 1."""
+    vec = 16 // x.element_size()
+    return vec if c % vec == 0 and g % vec == 0 and x.data_ptr() % 16 == 0 else 1
 
 
 def _group(c: int) -> int:
@@ -325,16 +430,23 @@ def backward_fits(x, pool, size) -> bool:
     from .lrn import _windows
 
     (kh, kw), (sh, sw), (ph, pw) = pool
-    return (x.dtype != torch.float64 and size <= 7 and sh * sw <= 4
-            and _windows(kh, sh, ph)[1] * _windows(kw, sw, pw)[1] <= 4)
+    return (x.dtype != torch.float64 and size <= 7 and sh * sw <= 4 and _windows(kh, sh, ph)[1] <= 2
+            and _windows(kw, sw, pw)[1] <= 2)
+
+
+def _rows(oh: int, kh: int, sh: int) -> int:
+    """Pooled rows a forward thread walks (at most _ROWS): the fewest input rows computed in all, counting
+    each walk's KH - SH rows of prologue and about half a row of setup."""
+    return min(range(1, min(oh, _ROWS) + 1), key=lambda r: (cdiv(oh, r) * (r * sh + kh - sh + 0.5), -r))
 
 
 @functools.lru_cache(maxsize=256)
 def _fwd_plan(n, c, oh, ow, pool, size, beta):
     (kh, kw), (sh, sw), _ = pool
     g = _group(c)
-    tow = min(_TOW, ow)
-    rows = min(_ROWS, oh)
+    # pooled columns per thread: the fewest input columns computed in all (the last patch overlaps)
+    tow = min(range(1, min(_TOW, ow) + 1), key=lambda t: (cdiv(ow, t) * ((t - 1) * sw + kw), t))
+    rows = _rows(oh, kh, sh)
     n_cg, n_pc, n_pr = cdiv(c, g), cdiv(ow, tow), cdiv(oh, rows)
     n_q = n * n_pr * n_pc * n_cg
     cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, TOW=tow, G=g, BLOCK=_BLOCK),
@@ -351,7 +463,8 @@ def launch_forward(x, y, am, pool, size, alpha, beta, k) -> bool:
         return False
     grid, cfg, (n_cg, n_pc, n_pr, n_q, rows) = _fwd_plan(n, c, oh, ow, pool, size, float(beta))
     launch("relu_lrn_max_pool2d_fwd", _cl_fwd_kernel, grid,
-           (x, y, am, c, h, w, oh, ow, n_cg, n_pc, n_pr, n_q, rows, alpha / size, k), cfg, x.device, (rows,))
+           (x, y, am, c, h, w, oh, ow, n_cg, n_pc, n_pr, n_q, rows, alpha / size, k), cfg, x.device, (rows,),
+           VEC=_vec(x, c, cfg.constexprs["G"]))
     return True
 
 
@@ -361,12 +474,17 @@ def _bwd_plan(n, c, h, w, pool, size, beta):
 
     (kh, kw), (sh, sw), (ph, pw) = pool
     g = _group(c)
-    n_cg, n_bc, n_br = cdiv(c, g), cdiv(w, sw), cdiv(h, sh)
-    n_q = n * n_br * n_bc * n_cg
     (oh_lo, nwh), (ow_lo, nww) = _windows(kh, sh, ph), _windows(kw, sw, pw)
+    n_br = cdiv(h, sh)
+    # block rows per walk (at most _ROWS): the fewest blocks in all, a walk's first window row costing
+    # about half a block
+    blocks = min(range(1, min(n_br, _ROWS) + 1),
+                 key=lambda b: (cdiv(n_br, b) * (b + 0.5 * (nwh - 1) + 0.5), -b))
+    n_cg, n_bc, n_pr = cdiv(c, g), cdiv(w, sw), cdiv(n_br, blocks)
+    n_q = n * n_pr * n_bc * n_cg
     cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, OH_LO=oh_lo, NWH=nwh,
                       OW_LO=ow_lo, NWW=nww, G=g, BLOCK=_BLOCK), num_warps=_BLOCK // 32)
-    return (cdiv(n_q, _BLOCK),), cfg, (n_cg, n_bc, n_br, n_q)
+    return (cdiv(n_q, _BLOCK),), cfg, (n_cg, n_bc, n_pr, n_q, blocks)
 
 
 def launch_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> bool:
@@ -375,7 +493,8 @@ def launch_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> bool:
         return False
     n, c, h, w = x.shape
     oh, ow = dy.shape[2:]
-    grid, cfg, (n_cg, n_bc, n_br, n_q) = _bwd_plan(n, c, h, w, pool, size, float(beta))
+    grid, cfg, (n_cg, n_bc, n_pr, n_q, blocks) = _bwd_plan(n, c, h, w, pool, size, float(beta))
     launch("relu_lrn_max_pool2d_bwd", _cl_bwd_kernel, grid,
-           (x, dy, am, dx, c, h, w, oh, ow, n_cg, n_bc, n_br, n_q, alpha / size, k), cfg, x.device, ())
+           (x, dy, am, dx, c, h, w, oh, ow, n_cg, n_bc, n_pr, n_q, blocks, alpha / size, k), cfg, x.device,
+           (blocks,), VEC=min(_vec(x, c, cfg.constexprs["G"]), _vec(dy, c, cfg.constexprs["G"])))
     return True
