@@ -684,24 +684,28 @@ if triton is not None:
         zero = _acc_zeros(q, x_ptr)
         ring = (zero,) * (D + LO + VEC)  # channels before the first load read as 0
         if WHOLE:
+            c0 = 0
             for m in tl.static_range(D // VEC):
                 ring = _cl_load(ring, x_row, m * VEC, C, VEC, 1)
-            n_main = (C - D) // VEC  # steps whose load lies in [0, C)
-            for g in range(0, n_main // UNROLL):
-                for u in tl.static_range(UNROLL):
-                    ring = _cl_fwd_step(ring, x_row, y_row, (g * UNROLL + u) * VEC + D, C, alpha_n, k, SIZE,
-                                        BETA, VEC, D, 1)
-            for m in range(n_main // UNROLL * UNROLL, n_main):
-                ring = _cl_fwd_step(ring, x_row, y_row, m * VEC + D, C, alpha_n, k, SIZE, BETA, VEC, D, 1)
-            for m in tl.static_range(D // VEC):
-                ring = _cl_fwd_step(ring, x_row, y_row, C + m * VEC, C, alpha_n, k, SIZE, BETA, VEC, D, 0)
+            n_ok = (C - D) // VEC  # steps whose load lies in [0, C)
         else:
             PRE: tl.constexpr = (LO + VEC - 1) // VEC * VEC
             c0 = cb * CHUNK
             c_end = tl.minimum(c0 + CHUNK, C)
             for m in tl.static_range((PRE + D) // VEC):
                 ring = _cl_load(ring, x_row, c0 - PRE + m * VEC, C, VEC, 2)
-            for c in range(c0, c_end, VEC):
+            n_ok = (tl.maximum(tl.minimum(c_end, C - D), c0) - c0) // VEC
+        for g in range(0, n_ok // UNROLL):
+            for u in tl.static_range(UNROLL):
+                ring = _cl_fwd_step(ring, x_row, y_row, c0 + (g * UNROLL + u) * VEC + D, C, alpha_n, k, SIZE,
+                                    BETA, VEC, D, 1)
+        for m in range(n_ok // UNROLL * UNROLL, n_ok):
+            ring = _cl_fwd_step(ring, x_row, y_row, c0 + m * VEC + D, C, alpha_n, k, SIZE, BETA, VEC, D, 1)
+        if WHOLE:  # the last D channels: loads past C, zeros
+            for m in tl.static_range(D // VEC):
+                ring = _cl_fwd_step(ring, x_row, y_row, C + m * VEC, C, alpha_n, k, SIZE, BETA, VEC, D, 0)
+        else:
+            for c in range(c0 + n_ok * VEC, c_end, VEC):
                 ring = _cl_fwd_step(ring, x_row, y_row, c + D, C, alpha_n, k, SIZE, BETA, VEC, D, 2)
 
     # Backward (the formula above _lrn_bwd_walk_kernel, its expressions): a step loads x at channel i,
@@ -785,21 +789,8 @@ if triton is not None:
                     else:
                         R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA - DB, C, alpha_n,
                                                k, coef, SIZE, BETA, VEC, DA, DB, 1, 1, False)
-            n_main = (C - DA - DB) // VEC  # steps whose x load lies in [0, C)
-            for g in range(0, n_main // UNROLL):
-                for u in tl.static_range(UNROLL):
-                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, (g * UNROLL + u) * VEC + DA + DB,
-                                           C, alpha_n, k, coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
-            for m in range(n_main // UNROLL * UNROLL, n_main):
-                R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA + DB, C, alpha_n, k,
-                                       coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
-            for m in tl.static_range((DA + DB) // VEC):  # i = C + m * VEC: past C
-                if m * VEC < DA:
-                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef,
-                                           SIZE, BETA, VEC, DA, DB, 0, 2, True)
-                else:
-                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef,
-                                           SIZE, BETA, VEC, DA, DB, 0, 1, True)
+            c0 = 0
+            n_ok = (C - DA - DB) // VEC  # steps whose x load lies in [0, C)
         else:
             c0 = cb * CHUNK
             c_end = tl.minimum(c0 + CHUNK, C)
@@ -809,7 +800,24 @@ if triton is not None:
             for m in tl.static_range(2 * DB // VEC):  # t and a of [c0 - DB, c0 + DB)
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 - DB + DA + m * VEC, C, alpha_n, k,
                                        coef, SIZE, BETA, VEC, DA, DB, 2, 3, False)
-            for c in range(c0, c_end, VEC):
+            n_ok = (tl.maximum(tl.minimum(c_end, C - DA - DB), c0) - c0) // VEC
+        for g in range(0, n_ok // UNROLL):
+            for u in tl.static_range(UNROLL):
+                R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 + (g * UNROLL + u) * VEC + DA + DB,
+                                       C, alpha_n, k, coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
+        for m in range(n_ok // UNROLL * UNROLL, n_ok):
+            R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 + m * VEC + DA + DB, C, alpha_n, k,
+                                   coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
+        if WHOLE:
+            for m in tl.static_range((DA + DB) // VEC):  # i = C + m * VEC: past C
+                if m * VEC < DA:
+                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef,
+                                           SIZE, BETA, VEC, DA, DB, 0, 2, True)
+                else:
+                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef,
+                                           SIZE, BETA, VEC, DA, DB, 0, 1, True)
+        else:
+            for c in range(c0 + n_ok * VEC, c_end, VEC):
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c + DA + DB, C, alpha_n, k, coef, SIZE,
                                        BETA, VEC, DA, DB, 2, 3, True)
 
@@ -1075,11 +1083,12 @@ def _cl_plan(n, c, h, w, size, beta, vec, backward, threads):
     n_cb = cdiv(c, chunk)
     whole = n_cb == 1 and c >= lag + vec
     unroll = 2 if vec > 1 else 4
-    if whole:
-        n_main = (c - lag) // vec
-        trips = (n_main // unroll, n_main % unroll)
-    else:
-        trips = (sum(cdiv(min(chunk, c - c0), vec) for c0 in range(0, c, chunk)) / n_cb,)
+    loops = []  # per program: unrolled main-loop trips, remainder steps, masked tail steps (chunks)
+    for c0 in range(0, c, chunk):
+        c_end = min(c0 + chunk, c)
+        n_ok = (max(min(c_end, c - lag), c0) - c0) // vec  # steps whose loads lie in [0, C)
+        loops.append((n_ok // unroll, n_ok % unroll, (c_end - c0) // vec - n_ok))
+    trips = tuple(sum(v) / n_cb for v in zip(*loops))[:2 if whole else 3]
     cfg = Config(dict(SIZE=size, BETA=beta, VEC=vec, BLOCK_P=block, UNROLL=unroll, WHOLE=whole),
                  num_warps=block // 32)
     return (n_cb * cdiv(np_, block),), cfg, trips, n_cb, chunk
