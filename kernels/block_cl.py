@@ -71,11 +71,37 @@ if triton is not None:
         elif VEC == 4:
             return tl.inline_asm_elementwise("ld.global.v4.f32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l",
                                              [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        elif ptrs.dtype.element_ty == tl.bfloat16:
+            # bfloat16 pairs unpacked to float32 with one integer op each (a 16-bit value would take two)
+            w = tl.inline_asm_elementwise("ld.global.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l",
+                                          [ptrs], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+            return (_bf16_lo(w[0]), _bf16_hi(w[0]), _bf16_lo(w[1]), _bf16_hi(w[1]), _bf16_lo(w[2]),
+                    _bf16_hi(w[2]), _bf16_lo(w[3]), _bf16_hi(w[3]))
         else:
             return tl.inline_asm_elementwise(
                 "{ .reg .b32 t0, t1, t2, t3; ld.global.v4.b32 {t0, t1, t2, t3}, [$8]; mov.b32 {$0, $1}, t0;"
                 " mov.b32 {$2, $3}, t1; mov.b32 {$4, $5}, t2; mov.b32 {$6, $7}, t3; }",
                 "=h,=h,=h,=h,=h,=h,=h,=h,l", [ptrs], dtype=(ptrs.dtype.element_ty,) * 8, is_pure=True, pack=1)
+
+    @triton.jit
+    def _bf16_lo(w):
+        """The bfloat16 in the low half of a 32-bit word, as float32 (exact)."""
+        return (w << 16).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _bf16_hi(w):
+        return (w & -65536).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _rounded(y0, y1, y_ptr):
+        """y0 and y1 rounded to the output dtype (as relu_lrn stores them) and back to float32. bfloat16 on
+        a GPU: one packed conversion for the pair (cvt.rn, as Triton's own per-element conversion)."""
+        if y_ptr.dtype.element_ty == tl.bfloat16:
+            w = tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [y0, y1], dtype=tl.int32,
+                                          is_pure=True, pack=1)
+            return _bf16_lo(w), _bf16_hi(w)
+        else:
+            return _upcast(y0.to(y_ptr.dtype.element_ty)), _upcast(y1.to(y_ptr.dtype.element_ty))
 
     @triton.jit
     def _halo(c0, C, L: tl.constexpr, R: tl.constexpr, G: tl.constexpr, VEC: tl.constexpr):
@@ -136,11 +162,15 @@ if triton is not None:
         cols = ()
         for v in tl.static_range(V):
             r = _span(row + v * C, hoffs, hoks, LO, HI, G, VEC, True)
-            vals = ()
+            ys = ()
             for j in tl.static_range(G):
-                y = r[j + LO] * _pow_neg(k + alpha_n * _ring_sumsq(r[j:j + SIZE], SIZE), BETA)
-                # rounded to the output dtype, as relu_lrn's output is, before it competes
-                vals = vals + (_upcast(y.to(y_ptr.dtype.element_ty)),)
+                ys = ys + (r[j + LO] * _pow_neg(k + alpha_n * _ring_sumsq(r[j:j + SIZE], SIZE), BETA),)
+            # rounded to the output dtype, as relu_lrn's output is, before they compete
+            vals = ()
+            for j in tl.static_range(G // 2):
+                vals = vals + _rounded(ys[2 * j], ys[2 * j + 1], y_ptr)
+            if G % 2 == 1:
+                vals = vals + (_upcast(ys[G - 1].to(y_ptr.dtype.element_ty)),)
             cols = cols + (vals,)
         bests = ()
         args = ()
@@ -228,6 +258,17 @@ if triton is not None:
             car_a = rows_a[SH:]
 
     @triton.jit
+    def _add_if(g, am, K: tl.constexpr, d):
+        """g + d where am == K, else g: float32 on a GPU, one compare and a predicated add (a select of
+        g + d would cost a third instruction)."""
+        if g.dtype == tl.float32:
+            return tl.inline_asm_elementwise(
+                "mov.b32 $0, $1;\n\t{ .reg .pred p; setp.eq.s32 p, $2, $3; @p add.f32 $0, $1, $4; }",
+                "=r,r,r,r,r", [g, am, tl.zeros_like(am) + K, d], dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return tl.where(am == K, g + d, g)
+
+    @triton.jit
     def _route_row(gs, w_row, wok, toffs, toks, doffs, doks, am_ptr, dy_ptr, A: tl.constexpr,
                    G: tl.constexpr, SIZE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                    SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
@@ -255,14 +296,15 @@ if triton is not None:
                     am = _ld_int(am_ptr + w_row[b] + (i - HI))
                     m = wok[b]
                 d = ds[b][i]
-                # the pixel's position in window (A, b) is a constant: one compare per pair that can meet
+                am = tl.where(m, am, -1)  # no position: the window lies outside the plane or C
+                # the pixel's position in window (A, b) is a constant: one compare and a predicated add per
+                # pair that can meet
                 for u in tl.static_range(SH):
                     for v in tl.static_range(SW):
                         kh = u + PH - (OH_LO + A) * SH
                         kw = v + PW - (OW_LO + b) * SW
                         if kh >= 0 and kh < KH and kw >= 0 and kw < KW:
-                            hit = m & (am == kh * KW + kw)
-                            g_p = _put(g_p, u * SW + v, tl.where(hit, g_p[u * SW + v] + d, g_p[u * SW + v]))
+                            g_p = _put(g_p, u * SW + v, _add_if(g_p[u * SW + v], am, kh * KW + kw, d))
             out = out + (g_p,)
         return out
 
@@ -389,6 +431,12 @@ if triton is not None:
 
         def _vld(ptrs, VEC):
             return tuple(tl.load(ptrs + e) for e in range(VEC))
+
+        def _add_if(g, am, K, d):
+            return tl.where(am == K, g + d, g)
+
+        def _rounded(y0, y1, y_ptr):
+            return _upcast(y0.to(y_ptr.dtype.element_ty)), _upcast(y1.to(y_ptr.dtype.element_ty))
 
         _halo = _halo.fn
         _span = _span.fn
