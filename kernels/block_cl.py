@@ -193,7 +193,7 @@ if triton is not None:
         y_ptr,  # *T (N, C, OH, OW) pooled output, channels_last dense
         am_ptr,  # *u8|i32 (N, C, OH, OW) argmax inside the window, kh * KW + kw, channels_last
         C, H, W, OH, OW,
-        n_cg, n_pc, n_pr, n_q, n_rows,  # channel groups, column patches, row blocks, threads in all, rows
+        n_cg, n_pc, n_q, n_rows,  # channel groups, column patches, threads per row block, rows per walk
         alpha_n, k,
         SIZE: tl.constexpr, BETA: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -203,19 +203,19 @@ if triton is not None:
         HI: tl.constexpr = SIZE - 1 - LO
         OV: tl.constexpr = KH - SH  # input rows shared by consecutive pooled rows (KH >= SH)
         # one work item per thread: channel groups vary fastest (neighbouring addresses), then column
-        # patches, row blocks, images; the last program's surplus threads redo the last item
+        # patches, images; the last program's surplus threads redo the last item. The grid's second axis
+        # is the walk's block of n_rows pooled rows (the last one shorter): a trip count per program
         q = tl.minimum(tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), n_q - 1)
         t = q // n_cg
         cg = q - t * n_cg
-        t2 = t // n_pc
-        pc = t - t2 * n_pc
-        n = t2 // n_pr
-        pr = t2 - n * n_pr
-        # the last group, column patch and row block overlap their neighbours instead of running past
-        # C or the plane (the same values stored twice): no load or store needs a mask
+        n = t // n_pc
+        pc = t - n * n_pc
+        oh0 = tl.program_id(1) * n_rows
+        n_here = tl.minimum(n_rows, OH - oh0)
+        # the last group and column patch overlap their neighbours instead of running past C or the plane
+        # (the same values stored twice): no load or store needs a mask
         c0 = tl.minimum(cg * G, C - G)
         ow0 = tl.minimum(pc * TOW, OW - TOW)
-        oh0 = tl.minimum(pr * n_rows, OH - n_rows)
         WC = W * C
         OWC = OW * C
         x_img = x_ptr + (n.to(tl.int64) * H * WC + (ow0 * SW * C + c0))
@@ -233,7 +233,7 @@ if triton is not None:
                                  TOW, VEC)
             car_b = car_b + (b_,)
             car_a = car_a + (a_,)
-        for i in range(n_rows):
+        for i in range(n_here):
             oh = oh0 + i
             rows_b = car_b
             rows_a = car_a
@@ -447,7 +447,7 @@ if triton is not None:
 # ------------------------------------------------------------------------------------ launchers
 
 _ROWS = 8  # pooled rows a forward thread walks, at most
-_TOW = 3  # pooled columns a forward thread owns, at most
+_TOW = 2  # pooled columns a forward thread owns, at most
 _G = 8  # channels a thread owns
 _BLOCK = 128
 
@@ -468,24 +468,21 @@ def _group(c: int) -> int:
 
 def forward_fits(x, pool, size) -> bool:
     """Whether the channels_last forward applies: float32/16/bfloat16, no padding, KH >= SH and
-    KW >= SW (the walk carries shared rows; every column a window reads is computed), small windows."""
+    KW >= SW (the walk carries shared rows; every column a window reads is computed), windows of at most
+    3 x 3 and SIZE <= 9 (5 x 5 windows spill in float32: a thread holds KH rows of row maxima)."""
     (kh, kw), (sh, sw), (ph, pw) = pool
-    return (x.dtype != torch.float64 and ph == 0 and pw == 0 and kh >= sh and kw >= sw and kh * kw <= 25
+    return (x.dtype != torch.float64 and ph == 0 and pw == 0 and sh <= kh <= 3 and sw <= kw <= 3
             and size <= 9)
 
 
 def backward_fits(x, pool, size) -> bool:
+    """Whether the channels_last backward applies: float32/16/bfloat16, SIZE <= 7, blocks of at most 4
+    pixels, at most 2 x 2 windows holding a block's pixels (padding allowed)."""
     from .lrn import _windows
 
     (kh, kw), (sh, sw), (ph, pw) = pool
     return (x.dtype != torch.float64 and size <= 7 and sh * sw <= 4 and _windows(kh, sh, ph)[1] <= 2
             and _windows(kw, sw, pw)[1] <= 2)
-
-
-def _rows(oh: int, kh: int, sh: int) -> int:
-    """Pooled rows a forward thread walks (at most _ROWS): the fewest input rows computed in all, counting
-    each walk's KH - SH rows of prologue and about half a row of setup."""
-    return min(range(1, min(oh, _ROWS) + 1), key=lambda r: (cdiv(oh, r) * (r * sh + kh - sh + 0.5), -r))
 
 
 @functools.lru_cache(maxsize=256)
@@ -494,12 +491,14 @@ def _fwd_plan(n, c, oh, ow, pool, size, beta):
     g = _group(c)
     # pooled columns per thread: the fewest input columns computed in all (the last patch overlaps)
     tow = min(range(1, min(_TOW, ow) + 1), key=lambda t: (cdiv(ow, t) * ((t - 1) * sw + kw), t))
-    rows = _rows(oh, kh, sh)
-    n_cg, n_pc, n_pr = cdiv(c, g), cdiv(ow, tow), cdiv(oh, rows)
-    n_q = n * n_pr * n_pc * n_cg
+    # walks of at most _ROWS pooled rows, as even as they come (each costs KH - SH rows of prologue)
+    n_pr = cdiv(oh, _ROWS)
+    rows = cdiv(oh, n_pr)
+    n_cg, n_pc = cdiv(c, g), cdiv(ow, tow)
+    n_q = n * n_pc * n_cg
     cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, TOW=tow, G=g, BLOCK=_BLOCK),
                  num_warps=_BLOCK // 32)
-    return (cdiv(n_q, _BLOCK),), cfg, (n_cg, n_pc, n_pr, n_q, rows)
+    return (cdiv(n_q, _BLOCK), cdiv(oh, rows)), cfg, (n_cg, n_pc, n_q, rows)
 
 
 def launch_forward(x, y, am, pool, size, alpha, beta, k) -> bool:
@@ -509,9 +508,10 @@ def launch_forward(x, y, am, pool, size, alpha, beta, k) -> bool:
     (kh, kw), (sh, sw), _ = pool
     if not forward_fits(x, pool, size) or (oh - 1) * sh + kh > h or (ow - 1) * sw + kw > w:
         return False
-    grid, cfg, (n_cg, n_pc, n_pr, n_q, rows) = _fwd_plan(n, c, oh, ow, pool, size, float(beta))
+    grid, cfg, (n_cg, n_pc, n_q, rows) = _fwd_plan(n, c, oh, ow, pool, size, float(beta))
     launch("relu_lrn_max_pool2d_fwd", _cl_fwd_kernel, grid,
-           (x, y, am, c, h, w, oh, ow, n_cg, n_pc, n_pr, n_q, rows, alpha / size, k), cfg, x.device, (rows,),
+           (x, y, am, c, h, w, oh, ow, n_cg, n_pc, n_q, rows, alpha / size, k), cfg, x.device,
+           (oh / grid[1],),  # trips: the walks' mean length
            VEC=_vec(x, c, cfg.constexprs["G"]))
     return True
 

@@ -68,10 +68,10 @@ def test_channels_last_block_nan_wins_and_spreads():
     assert not out[0, 8:, :2, :2].isnan().any()
 
 
-def test_channels_last_block_many_programs_and_overlapping_walks(monkeypatch):
-    """Programs of 16 threads (the last with surplus threads that redo the last item); walks down the
-    rows whose last one overlaps its neighbour: forward OH = 11 (two walks of 6 pooled rows), backward
-    9 block rows (two walks of 5)."""
+def test_channels_last_block_many_programs_and_walks(monkeypatch):
+    """Programs of 16 threads (the last with surplus threads that redo the last item); several walks down
+    the rows: forward OH = 11 (walks of 6 and 5 pooled rows, the grid's second axis), backward 9 block rows
+    (two walks of 5, the last overlapping its neighbour)."""
     from kernels import block_cl
 
     monkeypatch.setattr(block_cl, "_BLOCK", 16)
@@ -82,7 +82,7 @@ def test_channels_last_block_many_programs_and_overlapping_walks(monkeypatch):
             x = to_memory_format(make_values(shape, "normal", 7, torch.float32, 3.0), "channels_last")
             assert _launched(x, (5, 1e-4, 0.75, 2.0), (3, 2, 0)) == ["_cl_fwd_kernel", "_cl_bwd_kernel"]
             check_block("triton", x, (5, 1e-4, 0.75, 2.0), (3, 2, 0), seed=7)
-        assert block_cl._fwd_plan(1, 8, 11, 2, (pair(3), pair(2), pair(0)), 5, 0.75)[2][4] == 6
+        assert block_cl._fwd_plan(1, 8, 11, 2, (pair(3), pair(2), pair(0)), 5, 0.75)[2][3] == 6
         assert block_cl._bwd_plan(1, 9, 17, 5, (pair(3), pair(2), pair(0)), 5, 0.75)[2][4] == 5
     finally:
         block_cl._fwd_plan.cache_clear()
@@ -106,5 +106,6 @@ def test_channels_last_forward_fits_rules():
     assert not block_cl.forward_fits(x.double(), k3s2, 5)
     assert not block_cl.forward_fits(x, (pair(3), pair(2), pair(1)), 5)  # padding
     assert not block_cl.forward_fits(x, (pair(2), pair(3), pair(0)), 5)  # stride past the window
+    assert not block_cl.forward_fits(x, (pair(5), pair(2), pair(0)), 5)  # registers: spills
     assert block_cl.backward_fits(x, (pair(3), pair(2), pair(1)), 5)
     assert not block_cl.backward_fits(x, (pair(17), pair(16), pair(1)), 5)
