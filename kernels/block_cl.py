@@ -1,19 +1,25 @@
 """The fused ReLU + LRN + max-pool block (``kernels.relu_lrn_max_pool2d``) for channels_last inputs.
 
-Channels are the contiguous axis: a thread owns G consecutive channels (one load per channel and pixel,
-neighbouring threads at neighbouring addresses) and reads the SIZE - 1 halo channels around them from
-cache. The LRN window sums run over the channels oldest first with ``_ring_sumsq`` and the power is
-``_pow_neg``, as in relu_lrn's kernels, so the values are bit for bit relu_lrn's. The pool geometry is
-constexpr; no integer division past the program's start.
+Channels are the contiguous axis: a thread owns G consecutive channels of a pixel (16-byte vector loads
+where C and the tensor's address allow: neighbouring threads read neighbouring addresses) and reads the
+halo channels around them from cache. The LRN window sums run over the channels oldest first with
+``_ring_sumsq`` and the power is ``_pow_neg``, as in relu_lrn's kernels, so the values are bit for bit
+relu_lrn's. The pool geometry is constexpr; the integer divisions happen once per thread. The last channel
+group (and the forward's last column patch, the backward's last walk) overlaps its neighbour instead of
+running past C or the plane: the same values stored twice, no masks.
 
-- Forward (windows inside the plane: no padding): a thread owns TOW pooled columns of G channels and
-  walks down ROWS pooled rows. Each input row is reduced at once to its row maxima (value, kw) per
-  window column; the last KH - SH rows' maxima are carried to the next pooled row, so every LRN value
-  of the thread's columns is computed once per walk. Pooled separably as block.py's patch walk: PyTorch's
-  rule (a value wins when v > best or v is NaN) along each row, then down the rows' winners.
-- Backward: a thread owns an SH x SW block of input pixels and G channels; the pooled gradient of the
-  NWH x NWW windows that can hold a pixel of the block is routed through the argmax (lrn.py's
-  ``_route``), for the G + SIZE - 1 channels whose t_c' reach the thread's dx (the halo's t recomputed).
+- Forward (windows inside the plane: no padding, at most 3 x 3): a thread owns TOW pooled columns of G
+  channels and walks down a block of pooled rows (the grid's second axis). Each input row is reduced at
+  once to its row maxima (value, kw) per window column; the last KH - SH rows' maxima are carried to the
+  next pooled row, so every LRN value of the thread's columns is computed once per walk. Pooled
+  separably as block.py's patch walk: PyTorch's rule (a value wins when v > best or v is NaN) along each
+  row, then down the rows' winners: the first maximum in row-major order, or the last NaN. The values
+  compete rounded to the output dtype, as relu_lrn stores them.
+- Backward: a thread owns an SH x SW block of input pixels and G channels and walks down the block rows.
+  The pooled gradient of the (at most 2 x 2) windows that can hold a pixel of the block is routed
+  through the argmax with constant window positions (as lrn.py's ``_route``), summed in PyTorch's order
+  (window rows shared with the previous block are routed there), for the G + SIZE - 1 channels whose
+  t_c' reach the thread's dx (the halo's t recomputed); then lrn.py's backward formula.
 """
 
 from __future__ import annotations

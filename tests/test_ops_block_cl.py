@@ -69,24 +69,39 @@ def test_channels_last_block_nan_wins_and_spreads():
 
 
 def test_channels_last_block_many_programs_and_walks(monkeypatch):
-    """Programs of 16 threads (the last with surplus threads that redo the last item); several walks down
-    the rows: forward OH = 11 (walks of 6 and 5 pooled rows, the grid's second axis), backward 9 block rows
-    (two walks of 5, the last overlapping its neighbour)."""
+    """Programs of 2 threads (the last one of each walk with a surplus thread that redoes the last item);
+    several walks down the rows: forward OH = 11 (walks of 6 and 5 pooled rows on the grid's second
+    axis), backward 12 block rows (two walks of 6)."""
     from kernels import block_cl
 
-    monkeypatch.setattr(block_cl, "_BLOCK", 16)
+    monkeypatch.setattr(block_cl, "_BLOCK", 2)
     block_cl._fwd_plan.cache_clear()
     block_cl._bwd_plan.cache_clear()
     try:
-        for shape in [(1, 8, 23, 5), (1, 9, 17, 5)]:
-            x = to_memory_format(make_values(shape, "normal", 7, torch.float32, 3.0), "channels_last")
-            assert _launched(x, (5, 1e-4, 0.75, 2.0), (3, 2, 0)) == ["_cl_fwd_kernel", "_cl_bwd_kernel"]
-            check_block("triton", x, (5, 1e-4, 0.75, 2.0), (3, 2, 0), seed=7)
-        assert block_cl._fwd_plan(1, 8, 11, 2, (pair(3), pair(2), pair(0)), 5, 0.75)[2][3] == 6
-        assert block_cl._bwd_plan(1, 9, 17, 5, (pair(3), pair(2), pair(0)), 5, 0.75)[2][4] == 5
+        x = to_memory_format(make_values((3, 8, 23, 3), "normal", 7, torch.float32, 3.0), "channels_last")
+        assert _launched(x, (5, 1e-4, 0.75, 2.0), (3, 2, 0)) == ["_cl_fwd_kernel", "_cl_bwd_kernel"]
+        check_block("triton", x, (5, 1e-4, 0.75, 2.0), (3, 2, 0), seed=7)
+        k3s2 = (pair(3), pair(2), pair(0))
+        assert block_cl._fwd_plan(3, 8, 11, 1, k3s2, 5, 0.75)[0] == (2, 2)  # (programs, walks)
+        assert block_cl._fwd_plan(3, 8, 11, 1, k3s2, 5, 0.75)[2][3] == 6
+        assert block_cl._bwd_plan(3, 8, 23, 3, k3s2, 5, 0.75)[2][4] == 6
     finally:
         block_cl._fwd_plan.cache_clear()
         block_cl._bwd_plan.cache_clear()
+
+
+def test_channels_last_block_misaligned_tensor_loads_one_channel_at_a_time():
+    """A channels_last tensor 4 bytes past a 16-byte boundary: C = 16 would allow vector loads, the
+    address does not (VEC = 1)."""
+    n, c, h, w = 1, 16, 7, 7
+    storage = make_values((n * c * h * w + 1,), "normal", 3, torch.float32, 3.0)
+    x = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16 != 0
+    vecs = []
+    with recording(lambda launch: vecs.append(launch.constexprs.get("VEC"))):
+        kernels.relu_lrn_max_pool2d(x.detach().requires_grad_(), 5, 1.0, 0.75, 1.0, 3, 2, 0).sum().backward()
+    assert vecs == [1, 1]
+    check_block("triton", x, (5, 1.0, 0.75, 1.0), (3, 2, 0), seed=3)
 
 
 def test_channels_last_block_cases_used_both_load_widths():
