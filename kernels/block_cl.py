@@ -34,6 +34,7 @@ if triton is not None:
     from ._jit import (
         _acc_zeros,
         _ld,
+        _ld_idx,
         _pow_neg,
         _pow_neg2,
         _put,
@@ -41,32 +42,9 @@ if triton is not None:
         _ring_sum,
         _ring_sumsq,
         _st,
+        _st_if,
         _upcast,
     )
-
-    @triton.jit
-    def _ld_int(ptrs):
-        """An argmax element (uint8 or int32) as int32, one inline PTX load (see _jit._ld)."""
-        if ptrs.dtype.element_ty == tl.uint8:
-            return tl.inline_asm_elementwise("ld.global.u8 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
-                                             is_pure=True, pack=1)
-        else:
-            return tl.inline_asm_elementwise("ld.global.b32 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
-                                             is_pure=True, pack=1)
-
-    @triton.jit
-    def _st_if(ptrs, v, ok):
-        """tl.store(ptrs, v, mask=ok) for a 16- or 32-bit element, as predicated inline PTX."""
-        addr = ptrs.to(tl.int64)
-        flag = ok.to(tl.int32)
-        if v.dtype.primitive_bitwidth == 32:
-            tl.inline_asm_elementwise(
-                "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; }\n\tmov.u32 $0, 0;",
-                "=r,l,r,r", [addr, v, flag], dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            tl.inline_asm_elementwise(
-                "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b16 [$1], $2; }\n\tmov.u32 $0, 0;",
-                "=r,l,h,r", [addr, v, flag], dtype=tl.int32, is_pure=False, pack=1)
 
     @triton.jit
     def _vld(ptrs, VEC: tl.constexpr):
@@ -293,13 +271,13 @@ if triton is not None:
             g_p = gs[i]
             for b in tl.static_range(NWW):
                 if i < HI:  # a halo channel: its argmax read at a clamped channel, outside [0, C) unused
-                    am = _ld_int(am_ptr + w_row[b] + toffs[i])
+                    am = _ld_idx(am_ptr + w_row[b] + toffs[i])
                     m = wok[b] & toks[i]
                 elif i >= G + HI:
-                    am = _ld_int(am_ptr + w_row[b] + toffs[i - G])
+                    am = _ld_idx(am_ptr + w_row[b] + toffs[i - G])
                     m = wok[b] & toks[i - G]
                 else:
-                    am = _ld_int(am_ptr + w_row[b] + (i - HI))
+                    am = _ld_idx(am_ptr + w_row[b] + (i - HI))
                     m = wok[b]
                 d = ds[b][i]
                 am = tl.where(m, am, -1)  # no position: the window lies outside the plane or C
@@ -429,12 +407,6 @@ if triton is not None:
 
     if INTERPRET:
         # plain Python under the interpreter (see _jit.py): no inline PTX, and no re-patching per call
-        def _ld_int(ptrs):
-            return tl.load(ptrs).to(tl.int32)
-
-        def _st_if(ptrs, v, ok):
-            tl.store(ptrs, v, mask=ok)
-
         def _vld(ptrs, VEC):
             return tuple(tl.load(ptrs + e) for e in range(VEC))
 
