@@ -465,6 +465,11 @@ _BWD_CONFIGS = {
     torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_HW=128), num_warps=4),
     torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=32), num_warps=4),
 }
+# windows of more than 7 channels: half the tile per thread (triton 3.6 spills 16 bytes with SIZE 9 otherwise)
+_BWD_CONFIGS_WIDE = {
+    torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_HW=64), num_warps=4),
+    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=16), num_warps=4),
+}
 
 
 _PATCH_BUDGET = 125  # ring registers a thread may hold: SIZE per input pixel under its patch
@@ -641,7 +646,7 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
 
     if fmt == torch.channels_last and block_cl.launch_backward(x, dy, am, dx, pool, *lrn):
         return dx
-    cfg = _BWD_CONFIGS[fmt]
+    cfg = (_BWD_CONFIGS if lrn[0] <= 7 else _BWD_CONFIGS_WIDE)[fmt]
     grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     launch("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *strides(x.shape, fmt), *strides(dy.shape, fmt),
