@@ -284,6 +284,124 @@ def _pow_neg2(s, BETA: tl.constexpr):
         lg = tl.log2(s)
         return tl.exp2(-BETA * lg), tl.exp2(-lg)
 
+@triton.jit
+def _ldv(ptrs, VEC: tl.constexpr):
+    """VEC consecutive elements at ptrs (aligned to VEC elements), upcast (float32, or float64): a
+    tuple. bfloat16 widens with one shift or and per element, float16 with one cvt."""
+    if VEC == 1:
+        return (_upcast(_ld(ptrs)),)
+    elif ptrs.dtype.element_ty == tl.float32:
+        if VEC == 4:
+            return tl.inline_asm_elementwise("ld.global.v4.b32 {$0, $1, $2, $3}, [$4];",
+                                             "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4,
+                                             is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise("ld.global.v2.b32 {$0, $1}, [$2];", "=r,=r,l", [ptrs],
+                                             dtype=(tl.float32,) * 2, is_pure=True, pack=1)
+    elif ptrs.dtype.element_ty == tl.bfloat16:
+        if VEC == 8:
+            return tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t<4>;\n\tld.global.v4.b32 {t0, t1, t2, t3}, [$8];\n\t"
+                "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t"
+                "shl.b32 $2, t1, 16;\n\tand.b32 $3, t1, 0xffff0000;\n\t"
+                "shl.b32 $4, t2, 16;\n\tand.b32 $5, t2, 0xffff0000;\n\t"
+                "shl.b32 $6, t3, 16;\n\tand.b32 $7, t3, 0xffff0000;\n\t}",
+                "=r,=r,=r,=r,=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+        elif VEC == 4:
+            return tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t<2>;\n\tld.global.v2.b32 {t0, t1}, [$4];\n\t"
+                "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t"
+                "shl.b32 $2, t1, 16;\n\tand.b32 $3, t1, 0xffff0000;\n\t}",
+                "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t0;\n\tld.global.b32 t0, [$2];\n\t"
+                "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t}",
+                "=r,=r,l", [ptrs], dtype=(tl.float32,) * 2, is_pure=True, pack=1)
+    else:  # float16
+        if VEC == 8:
+            return tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t<4>;\n\t.reg .b16 h<8>;\n\tld.global.v4.b32 {t0, t1, t2, t3}, [$8];\n\t"
+                "mov.b32 {h0, h1}, t0;\n\tmov.b32 {h2, h3}, t1;\n\t"
+                "mov.b32 {h4, h5}, t2;\n\tmov.b32 {h6, h7}, t3;\n\t"
+                "cvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\tcvt.f32.f16 $2, h2;\n\t"
+                "cvt.f32.f16 $3, h3;\n\tcvt.f32.f16 $4, h4;\n\tcvt.f32.f16 $5, h5;\n\t"
+                "cvt.f32.f16 $6, h6;\n\tcvt.f32.f16 $7, h7;\n\t}",
+                "=r,=r,=r,=r,=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+        elif VEC == 4:
+            return tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t<2>;\n\t.reg .b16 h<4>;\n\tld.global.v2.b32 {t0, t1}, [$4];\n\t"
+                "mov.b32 {h0, h1}, t0;\n\tmov.b32 {h2, h3}, t1;\n\t"
+                "cvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\tcvt.f32.f16 $2, h2;\n\t"
+                "cvt.f32.f16 $3, h3;\n\t}",
+                "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t0;\n\t.reg .b16 h<2>;\n\tld.global.b32 t0, [$2];\n\t"
+                "mov.b32 {h0, h1}, t0;\n\tcvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\t}",
+                "=r,=r,l", [ptrs], dtype=(tl.float32,) * 2, is_pure=True, pack=1)
+
+
+
+@triton.jit
+def _stv(ptrs, v, VEC: tl.constexpr):
+    """Store the tuple v (VEC values in the compute dtype) at ptrs (aligned to VEC elements), rounded to
+    the pointer's dtype (round to nearest even, as .to() does): one vector store; bfloat16 and
+    float16 pack two values with one cvt."""
+    addr = ptrs.to(tl.int64)
+    if VEC == 1:
+        _st(ptrs, v[0].to(ptrs.dtype.element_ty))
+    elif ptrs.dtype.element_ty == tl.float32:
+        if VEC == 4:
+            tl.inline_asm_elementwise("st.global.v4.b32 [$1], {$2, $3, $4, $5};\n\tmov.u32 $0, 0;",
+                                      "=r,l,r,r,r,r", [addr, v[0], v[1], v[2], v[3]], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise("st.global.v2.b32 [$1], {$2, $3};\n\tmov.u32 $0, 0;",
+                                      "=r,l,r,r", [addr, v[0], v[1]], dtype=tl.int32, is_pure=False,
+                                      pack=1)
+    else:
+        if ptrs.dtype.element_ty == tl.bfloat16:
+            CVT: tl.constexpr = "cvt.rn.bf16x2.f32"
+        else:
+            CVT: tl.constexpr = "cvt.rn.f16x2.f32"
+        if VEC == 8:
+            tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t<4>;\n\t" + CVT + " t0, $3, $2;\n\t" + CVT + " t1, $5, $4;\n\t"
+                + CVT + " t2, $7, $6;\n\t" + CVT + " t3, $9, $8;\n\t"
+                "st.global.v4.b32 [$1], {t0, t1, t2, t3};\n\tmov.u32 $0, 0;\n\t}",
+                "=r,l,r,r,r,r,r,r,r,r", [addr, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]],
+                dtype=tl.int32, is_pure=False, pack=1)
+        elif VEC == 4:
+            tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t<2>;\n\t" + CVT + " t0, $3, $2;\n\t" + CVT + " t1, $5, $4;\n\t"
+                "st.global.v2.b32 [$1], {t0, t1};\n\tmov.u32 $0, 0;\n\t}",
+                "=r,l,r,r,r,r", [addr, v[0], v[1], v[2], v[3]], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise(
+                "{\n\t.reg .b32 t0;\n\t" + CVT + " t0, $3, $2;\n\t"
+                "st.global.b32 [$1], t0;\n\tmov.u32 $0, 0;\n\t}",
+                "=r,l,r,r", [addr, v[0], v[1]], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _lrn_ta(ring, g, alpha_n, k, SIZE: tl.constexpr, BETA: tl.constexpr):
+    """(t, a) of a channel j from the relu'd values of its window (``ring``, oldest first) and the gradient
+    g of its LRN output: a = g s^-beta, t = a r_j s^-1 = g r_j s^-(beta+1) (see lrn.py's backward walk).
+    Every backward kernel computes them with this code, so every layout and fusion gives the same bits."""
+    LO: tl.constexpr = SIZE // 2
+    pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(ring, SIZE), BETA)
+    a = g * pw_b
+    return a * (ring[LO] * s_inv), a
+
+
+@triton.jit
+def _lrn_dx(r_c, a_c, ts, coef, SIZE: tl.constexpr):
+    """dx of channel c: [x_c > 0] (a_c - coef r_c sum t) over the SIZE channels whose windows hold c
+    (``ts``, oldest first); coef = 2 (alpha / size) beta, r_c = relu(x_c)."""
+    return tl.where(r_c > 0, a_c - coef * r_c * _ring_sum(ts, SIZE), 0.0)
+
+
 if INTERPRET:
     # Triton's interpreter re-patches triton.language on every call of a @triton.jit function (about
     # 0.3 ms); the walking kernels call these small helpers per pixel and per channel, so under the
@@ -306,6 +424,8 @@ if INTERPRET:
     _pow_neg2 = _pow_neg2.fn
     _ring_sumsq = _ring_sumsq.fn
     _ring_sum = _ring_sum.fn
+    _lrn_ta = _lrn_ta.fn
+    _lrn_dx = _lrn_dx.fn
     _shift = _shift.fn
     _in_range = _in_range.fn
     _offset = _offset.fn
@@ -319,6 +439,13 @@ if INTERPRET:
 
     def _ld_idx(ptrs):
         return tl.load(ptrs).to(tl.int32)
+
+    def _ldv(ptrs, VEC):
+        return tuple(_upcast(tl.load(ptrs + e)) for e in range(getattr(VEC, "value", VEC)))
+
+    def _stv(ptrs, v, VEC):
+        for e in range(len(v)):
+            tl.store(ptrs + e, v[e].to(ptrs.dtype.element_ty))
 
     def _st_if(ptrs, v, ok):
         tl.store(ptrs, v, mask=ok)

@@ -50,13 +50,14 @@ if triton is not None:
         _gather_pool_grad,
         _ld,
         _ld_idx,
+        _lrn_dx,
+        _lrn_ta,
         _offset,
         _pow_neg,
         _pow_neg2,
         _put,
         _relu,
         _relu_up,
-        _ring_sum,
         _ring_sumsq,
         _shift,
         _st,
@@ -303,9 +304,7 @@ if triton is not None:
                     r = zero
                 Rp = _shift(R[p], r)
                 if GATHER:
-                    pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, SIZE), BETA)
-                    a_j = gs[p] * pw_b
-                    t_j = a_j * (Rp[LO] * s_inv)  # g r s^-(beta+1)
+                    t_j, a_j = _lrn_ta(Rp, gs[p], alpha_n, k, SIZE, BETA)
                     if CHECK:  # channels below 0 have no t or a
                         t_j = tl.where(j >= 0, t_j, 0.0)
                         a_j = tl.where(j >= 0, a_j, 0.0)
@@ -315,8 +314,7 @@ if triton is not None:
                 Tp = _shift(T[p], t_j)
                 Ap = _shift(A[p], a_j)
                 if DX:
-                    r_c = Rp[0]
-                    dx = tl.where(r_c > 0, Ap[HI] - coef * r_c * _ring_sum(Tp, SIZE), 0.0)
+                    dx = _lrn_dx(Rp[0], Ap[HI], Tp, coef, SIZE)
                     _st_if(dx_pix + _offset(c, BIG) * HW + offs[p], dx.to(dx_pix.dtype.element_ty), px_ok[p])
                 R = _put(R, p, Rp)
                 T = _put(T, p, Tp)

@@ -33,39 +33,18 @@ from ._common import INTERPRET, Config, cdiv, launch, tl, triton
 if triton is not None:
     from ._jit import (
         _acc_zeros,
-        _ld,
         _ld_idx,
+        _ldv,
+        _lrn_dx,
+        _lrn_ta,
         _pow_neg,
-        _pow_neg2,
         _put,
         _relu_up,
-        _ring_sum,
         _ring_sumsq,
         _st,
         _st_if,
         _upcast,
     )
-
-    @triton.jit
-    def _vld(ptrs, VEC: tl.constexpr):
-        """VEC consecutive elements from ptrs (aligned to VEC elements): one inline PTX load of 16 bytes
-        (4 float32 or 8 16-bit values), or with VEC = 1 one element (see _jit._ld)."""
-        if VEC == 1:
-            return (_ld(ptrs),)
-        elif VEC == 4:
-            return tl.inline_asm_elementwise("ld.global.v4.f32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l",
-                                             [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-        elif ptrs.dtype.element_ty == tl.bfloat16:
-            # bfloat16 pairs unpacked to float32 with one integer op each (a 16-bit value would take two)
-            w = tl.inline_asm_elementwise("ld.global.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l",
-                                          [ptrs], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
-            return (_bf16_lo(w[0]), _bf16_hi(w[0]), _bf16_lo(w[1]), _bf16_hi(w[1]), _bf16_lo(w[2]),
-                    _bf16_hi(w[2]), _bf16_lo(w[3]), _bf16_hi(w[3]))
-        else:
-            return tl.inline_asm_elementwise(
-                "{ .reg .b32 t0, t1, t2, t3; ld.global.v4.b32 {t0, t1, t2, t3}, [$8]; mov.b32 {$0, $1}, t0;"
-                " mov.b32 {$2, $3}, t1; mov.b32 {$4, $5}, t2; mov.b32 {$6, $7}, t3; }",
-                "=h,=h,=h,=h,=h,=h,=h,=h,l", [ptrs], dtype=(ptrs.dtype.element_ty,) * 8, is_pure=True, pack=1)
 
     @triton.jit
     def _bf16_lo(w):
@@ -116,11 +95,11 @@ if triton is not None:
         vals = ()
         for m in tl.static_range(NL + G // VEC + NR):
             if m < NL:
-                v = _vld(p + offs[m], VEC)
+                v = _ldv(p + offs[m], VEC)
             elif m < NL + G // VEC:
-                v = _vld(p + (m - NL) * VEC, VEC)
+                v = _ldv(p + (m - NL) * VEC, VEC)
             else:
-                v = _vld(p + offs[m - G // VEC], VEC)
+                v = _ldv(p + offs[m - G // VEC], VEC)
             for e in tl.static_range(VEC):
                 if RELU:
                     u = _relu_up(v[e])
@@ -389,9 +368,7 @@ if triton is not None:
                     as_ = ()
                     for i in tl.static_range(NT):
                         ring = r[i:i + SIZE]
-                        pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(ring, SIZE), BETA)
-                        a_i = gs[i][u * SW + v] * pw_b
-                        t_i = a_i * (ring[LO] * s_inv)  # g r s^-(beta+1)
+                        t_i, a_i = _lrn_ta(ring, gs[i][u * SW + v], alpha_n, k, SIZE, BETA)
                         # channels outside [0, C) have no t (not even NaN from s = 0)
                         if i < HI:
                             t_i = tl.where(toks[i], t_i, 0.0)
@@ -400,16 +377,11 @@ if triton is not None:
                         ts = ts + (t_i,)
                         as_ = as_ + (a_i,)
                     for j in tl.static_range(G):
-                        r_c = r[j + SIZE - 1]
-                        t_sum = _ring_sum(ts[j:j + SIZE], SIZE)
-                        dx = tl.where(r_c > 0, as_[j + HI] - coef * r_c * t_sum, 0.0)
+                        dx = _lrn_dx(r[j + SIZE - 1], as_[j + HI], ts[j:j + SIZE], coef, SIZE)
                         _st_if(dx_ptr + p_off + j, dx.to(dx_ptr.dtype.element_ty), p_ok)
 
     if INTERPRET:
         # plain Python under the interpreter (see _jit.py): no inline PTX, and no re-patching per call
-        def _vld(ptrs, VEC):
-            return tuple(tl.load(ptrs + e) for e in range(VEC))
-
         def _add_if(g, am, K, d):
             return tl.where(am == K, g + d, g)
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from ._common import (
-    INTERPRET,
     Config,
     cdiv,
     check_lrn_args,
@@ -41,16 +40,17 @@ if triton is not None:
         _acc_zeros,
         _grid_ids,
         _in_range,
-        _ld,
+        _ldv,
+        _lrn_dx,
+        _lrn_ta,
         _offset,
         _pow_neg,
         _pow_neg2,
         _put,
         _relu_up,
-        _ring_sum,
         _ring_sumsq,
         _shift,
-        _st,
+        _stv,
         _tile_ids,
         _upcast,
     )
@@ -302,9 +302,7 @@ if triton is not None:
             for p in tl.static_range(NPIX):
                 r = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
                 Rp = _shift(R[p], r)
-                pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(Rp, SIZE), BETA)
-                a_j = gs[p] * pw_b
-                t_j = a_j * (Rp[LO] * s_inv)  # g r s^-(beta+1)
+                t_j, a_j = _lrn_ta(Rp, gs[p], alpha_n, k, SIZE, BETA)
                 if MASKED:  # channels outside [0, C) have no t or a (not even NaN from s = 0)
                     t_j = tl.where(ok_j, t_j, 0.0)
                     a_j = tl.where(ok_j, a_j, 0.0)
@@ -312,8 +310,7 @@ if triton is not None:
                 Ap = _shift(A[p], a_j)
                 if not WARM:
                     r_c = Rp[0]
-                    t_sum = _ring_sum(Tp, SIZE)
-                    dx = tl.where(r_c > 0, Ap[HI] - coef * r_c * t_sum, 0.0).to(dx_img.dtype.element_ty)
+                    dx = _lrn_dx(r_c, Ap[HI], Tp, coef, SIZE).to(dx_img.dtype.element_ty)
                     if IN_PLANE and not MASKED and not POOL:  # duplicates store equal values
                         tl.store(dx_img + cc * HW + offs[p], dx)
                     else:
@@ -528,103 +525,6 @@ if triton is not None:
     # program walks a chunk [c0, c0 + CHUNK) and every step clamps its loads into [0, C) and zeroes
     # what lies outside.
     @triton.jit
-    def _ldv(ptrs, VEC: tl.constexpr):
-        """VEC consecutive elements at ptrs (aligned to VEC elements), upcast (float32, or float64): a
-        tuple. bfloat16 widens with one shift or and per element, float16 with one cvt."""
-        if VEC == 1:
-            return (_upcast(_ld(ptrs)),)
-        elif ptrs.dtype.element_ty == tl.float32:
-            if VEC == 4:
-                return tl.inline_asm_elementwise("ld.global.v4.b32 {$0, $1, $2, $3}, [$4];",
-                                                 "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4,
-                                                 is_pure=True, pack=1)
-            else:
-                return tl.inline_asm_elementwise("ld.global.v2.b32 {$0, $1}, [$2];", "=r,=r,l", [ptrs],
-                                                 dtype=(tl.float32,) * 2, is_pure=True, pack=1)
-        elif ptrs.dtype.element_ty == tl.bfloat16:
-            if VEC == 8:
-                return tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t<4>;\n\tld.global.v4.b32 {t0, t1, t2, t3}, [$8];\n\t"
-                    "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t"
-                    "shl.b32 $2, t1, 16;\n\tand.b32 $3, t1, 0xffff0000;\n\t"
-                    "shl.b32 $4, t2, 16;\n\tand.b32 $5, t2, 0xffff0000;\n\t"
-                    "shl.b32 $6, t3, 16;\n\tand.b32 $7, t3, 0xffff0000;\n\t}",
-                    "=r,=r,=r,=r,=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
-            elif VEC == 4:
-                return tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t<2>;\n\tld.global.v2.b32 {t0, t1}, [$4];\n\t"
-                    "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t"
-                    "shl.b32 $2, t1, 16;\n\tand.b32 $3, t1, 0xffff0000;\n\t}",
-                    "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-            else:
-                return tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t0;\n\tld.global.b32 t0, [$2];\n\t"
-                    "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t}",
-                    "=r,=r,l", [ptrs], dtype=(tl.float32,) * 2, is_pure=True, pack=1)
-        else:  # float16
-            if VEC == 8:
-                return tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t<4>;\n\t.reg .b16 h<8>;\n\tld.global.v4.b32 {t0, t1, t2, t3}, [$8];\n\t"
-                    "mov.b32 {h0, h1}, t0;\n\tmov.b32 {h2, h3}, t1;\n\t"
-                    "mov.b32 {h4, h5}, t2;\n\tmov.b32 {h6, h7}, t3;\n\t"
-                    "cvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\tcvt.f32.f16 $2, h2;\n\t"
-                    "cvt.f32.f16 $3, h3;\n\tcvt.f32.f16 $4, h4;\n\tcvt.f32.f16 $5, h5;\n\t"
-                    "cvt.f32.f16 $6, h6;\n\tcvt.f32.f16 $7, h7;\n\t}",
-                    "=r,=r,=r,=r,=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
-            elif VEC == 4:
-                return tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t<2>;\n\t.reg .b16 h<4>;\n\tld.global.v2.b32 {t0, t1}, [$4];\n\t"
-                    "mov.b32 {h0, h1}, t0;\n\tmov.b32 {h2, h3}, t1;\n\t"
-                    "cvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\tcvt.f32.f16 $2, h2;\n\t"
-                    "cvt.f32.f16 $3, h3;\n\t}",
-                    "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-            else:
-                return tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t0;\n\t.reg .b16 h<2>;\n\tld.global.b32 t0, [$2];\n\t"
-                    "mov.b32 {h0, h1}, t0;\n\tcvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\t}",
-                    "=r,=r,l", [ptrs], dtype=(tl.float32,) * 2, is_pure=True, pack=1)
-
-    @triton.jit
-    def _stv(ptrs, v, VEC: tl.constexpr):
-        """Store the tuple v (VEC values in the compute dtype) at ptrs (aligned to VEC elements), rounded to
-        the pointer's dtype (round to nearest even, as .to() does): one vector store; bfloat16 and
-        float16 pack two values with one cvt."""
-        addr = ptrs.to(tl.int64)
-        if VEC == 1:
-            _st(ptrs, v[0].to(ptrs.dtype.element_ty))
-        elif ptrs.dtype.element_ty == tl.float32:
-            if VEC == 4:
-                tl.inline_asm_elementwise("st.global.v4.b32 [$1], {$2, $3, $4, $5};\n\tmov.u32 $0, 0;",
-                                          "=r,l,r,r,r,r", [addr, v[0], v[1], v[2], v[3]], dtype=tl.int32,
-                                          is_pure=False, pack=1)
-            else:
-                tl.inline_asm_elementwise("st.global.v2.b32 [$1], {$2, $3};\n\tmov.u32 $0, 0;",
-                                          "=r,l,r,r", [addr, v[0], v[1]], dtype=tl.int32, is_pure=False,
-                                          pack=1)
-        else:
-            if ptrs.dtype.element_ty == tl.bfloat16:
-                CVT: tl.constexpr = "cvt.rn.bf16x2.f32"
-            else:
-                CVT: tl.constexpr = "cvt.rn.f16x2.f32"
-            if VEC == 8:
-                tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t<4>;\n\t" + CVT + " t0, $3, $2;\n\t" + CVT + " t1, $5, $4;\n\t"
-                    + CVT + " t2, $7, $6;\n\t" + CVT + " t3, $9, $8;\n\t"
-                    "st.global.v4.b32 [$1], {t0, t1, t2, t3};\n\tmov.u32 $0, 0;\n\t}",
-                    "=r,l,r,r,r,r,r,r,r,r", [addr, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]],
-                    dtype=tl.int32, is_pure=False, pack=1)
-            elif VEC == 4:
-                tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t<2>;\n\t" + CVT + " t0, $3, $2;\n\t" + CVT + " t1, $5, $4;\n\t"
-                    "st.global.v2.b32 [$1], {t0, t1};\n\tmov.u32 $0, 0;\n\t}",
-                    "=r,l,r,r,r,r", [addr, v[0], v[1], v[2], v[3]], dtype=tl.int32, is_pure=False, pack=1)
-            else:
-                tl.inline_asm_elementwise(
-                    "{\n\t.reg .b32 t0;\n\t" + CVT + " t0, $3, $2;\n\t"
-                    "st.global.b32 [$1], t0;\n\tmov.u32 $0, 0;\n\t}",
-                    "=r,l,r,r", [addr, v[0], v[1]], dtype=tl.int32, is_pure=False, pack=1)
-
-    @triton.jit
     def _cl_load(ring, row, i, C, VEC: tl.constexpr, LOAD: tl.constexpr):
         """The ring with the relu'd x of channels [i, i + VEC) appended (its oldest VEC dropped). LOAD: 0
         zeros (channels known to lie outside [0, C)), 1 a plain load, 2 a load clamped into [0, C) whose
@@ -734,9 +634,7 @@ if triton is not None:
                 g = _ldv(dy_row + j, VEC)
             for e in tl.static_range(VEC):
                 w = R[e + DB - LO:e + DB - LO + SIZE]
-                pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(w, SIZE), BETA)
-                a_j = g[e] * pw_b
-                t_j = a_j * (w[LO] * s_inv)  # g r s^-(beta+1)
+                t_j, a_j = _lrn_ta(w, g[e], alpha_n, k, SIZE, BETA)
                 if TA == 3:  # channels outside [0, C) have no t or a
                     t_j = tl.where(ok, t_j, 0.0)
                     a_j = tl.where(ok, a_j, 0.0)
@@ -745,9 +643,7 @@ if triton is not None:
         if DX:
             dxs = ()
             for e in tl.static_range(VEC):
-                r_c = R[e]
-                t_sum = _ring_sum(T[e:e + SIZE], SIZE)
-                dxs = dxs + (tl.where(r_c > 0, A[e] - coef * r_c * t_sum, 0.0),)
+                dxs = dxs + (_lrn_dx(R[e], A[e], T[e:e + SIZE], coef, SIZE),)
             _stv(dx_row + (j - DB), dxs, VEC)
         return R, T, A
 
@@ -820,15 +716,6 @@ if triton is not None:
             for c in range(c0 + n_ok * VEC, c_end, VEC):
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c + DA + DB, C, alpha_n, k, coef, SIZE,
                                        BETA, VEC, DA, DB, 2, 3, True)
-
-    if INTERPRET:
-        # the interpreter has no inline PTX: element loads and stores, as plain Python (see _jit.py)
-        def _ldv(ptrs, VEC):
-            return tuple(_upcast(tl.load(ptrs + e)) for e in range(getattr(VEC, "value", VEC)))
-
-        def _stv(ptrs, v, VEC):
-            for e in range(len(v)):
-                tl.store(ptrs + e, v[e].to(ptrs.dtype.element_ty))
 
 # ------------------------------------------------------------------------------------ launchers
 
