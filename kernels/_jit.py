@@ -284,63 +284,65 @@ def _pow_neg2(s, BETA: tl.constexpr):
         lg = tl.log2(s)
         return tl.exp2(-BETA * lg), tl.exp2(-lg)
 
+@triton.constexpr_function
+def _vec_ld_asm(kind, n):
+    """PTX loading n consecutive elements with one aligned vector load into n float32 outputs $0..$n-1
+    (address in $n): "f32" straight, "bf16" unpacked from 32-bit words with one shift or and each,
+    "f16" with one cvt each."""
+    if kind == "f32":
+        return f"ld.global.v{n}.b32 {{{', '.join(f'${e}' for e in range(n))}}}, [${n}];"
+    words = n // 2
+    ts = ", ".join(f"t{w}" for w in range(words))
+    load = f"ld.global.v{words}.b32 {{{ts}}}, [${n}];" if words > 1 else f"ld.global.b32 t0, [${n}];"
+    regs = f".reg .b32 t<{words}>;" if words > 1 else ".reg .b32 t0;"
+    lines = [regs] + ([f".reg .b16 h<{n}>;"] if kind == "f16" else []) + [load]
+    for w in range(words):
+        if kind == "bf16":
+            lines += [f"shl.b32 ${2 * w}, t{w}, 16;", f"and.b32 ${2 * w + 1}, t{w}, 0xffff0000;"]
+        else:
+            lines += [f"mov.b32 {{h{2 * w}, h{2 * w + 1}}}, t{w};"]
+    if kind == "f16":
+        lines += [f"cvt.f32.f16 ${e}, h{e};" for e in range(n)]
+    return "{\n\t" + "\n\t".join(lines) + "\n\t}"
+
+
+@triton.constexpr_function
+def _vec_st_asm(cvt, n):
+    """PTX storing n values ($2..$n+1; address in $1) with one aligned vector store: 32-bit values
+    straight (cvt None), or rounded in pairs to 16 bits with ``cvt`` (cvt.rn.bf16x2.f32 or
+    cvt.rn.f16x2.f32); $0 is a dummy output."""
+    if cvt is None:
+        return f"st.global.v{n}.b32 [$1], {{{', '.join(f'${e + 2}' for e in range(n))}}};\n\tmov.u32 $0, 0;"
+    words = n // 2
+    lines = [f".reg .b32 t<{words}>;" if words > 1 else ".reg .b32 t0;"]
+    lines += [f"{cvt} t{w}, ${2 * w + 3}, ${2 * w + 2};" for w in range(words)]
+    ts = ", ".join(f"t{w}" for w in range(words))
+    lines += [f"st.global.v{words}.b32 [$1], {{{ts}}};" if words > 1 else "st.global.b32 [$1], t0;",
+              "mov.u32 $0, 0;"]
+    return "{\n\t" + "\n\t".join(lines) + "\n\t}"
+
+
+@triton.constexpr_function
+def _vec_constraints(outs, ins):
+    """Inline-asm constraints: ``outs`` 32-bit outputs, one 64-bit address, then ``ins`` 32-bit operands."""
+    return ",".join(["=r"] * outs + ["l"] + ["r"] * ins)
+
+
 @triton.jit
 def _ldv(ptrs, VEC: tl.constexpr):
     """VEC consecutive elements at ptrs (aligned to VEC elements), upcast (float32, or float64): a
     tuple. bfloat16 widens with one shift or and per element, float16 with one cvt."""
     if VEC == 1:
         return (_upcast(_ld(ptrs)),)
-    elif ptrs.dtype.element_ty == tl.float32:
-        if VEC == 4:
-            return tl.inline_asm_elementwise("ld.global.v4.b32 {$0, $1, $2, $3}, [$4];",
-                                             "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4,
-                                             is_pure=True, pack=1)
+    else:
+        if ptrs.dtype.element_ty == tl.float32:
+            KIND: tl.constexpr = "f32"
+        elif ptrs.dtype.element_ty == tl.bfloat16:
+            KIND: tl.constexpr = "bf16"
         else:
-            return tl.inline_asm_elementwise("ld.global.v2.b32 {$0, $1}, [$2];", "=r,=r,l", [ptrs],
-                                             dtype=(tl.float32,) * 2, is_pure=True, pack=1)
-    elif ptrs.dtype.element_ty == tl.bfloat16:
-        if VEC == 8:
-            return tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t<4>;\n\tld.global.v4.b32 {t0, t1, t2, t3}, [$8];\n\t"
-                "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t"
-                "shl.b32 $2, t1, 16;\n\tand.b32 $3, t1, 0xffff0000;\n\t"
-                "shl.b32 $4, t2, 16;\n\tand.b32 $5, t2, 0xffff0000;\n\t"
-                "shl.b32 $6, t3, 16;\n\tand.b32 $7, t3, 0xffff0000;\n\t}",
-                "=r,=r,=r,=r,=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
-        elif VEC == 4:
-            return tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t<2>;\n\tld.global.v2.b32 {t0, t1}, [$4];\n\t"
-                "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t"
-                "shl.b32 $2, t1, 16;\n\tand.b32 $3, t1, 0xffff0000;\n\t}",
-                "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-        else:
-            return tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t0;\n\tld.global.b32 t0, [$2];\n\t"
-                "shl.b32 $0, t0, 16;\n\tand.b32 $1, t0, 0xffff0000;\n\t}",
-                "=r,=r,l", [ptrs], dtype=(tl.float32,) * 2, is_pure=True, pack=1)
-    else:  # float16
-        if VEC == 8:
-            return tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t<4>;\n\t.reg .b16 h<8>;\n\tld.global.v4.b32 {t0, t1, t2, t3}, [$8];\n\t"
-                "mov.b32 {h0, h1}, t0;\n\tmov.b32 {h2, h3}, t1;\n\t"
-                "mov.b32 {h4, h5}, t2;\n\tmov.b32 {h6, h7}, t3;\n\t"
-                "cvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\tcvt.f32.f16 $2, h2;\n\t"
-                "cvt.f32.f16 $3, h3;\n\tcvt.f32.f16 $4, h4;\n\tcvt.f32.f16 $5, h5;\n\t"
-                "cvt.f32.f16 $6, h6;\n\tcvt.f32.f16 $7, h7;\n\t}",
-                "=r,=r,=r,=r,=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
-        elif VEC == 4:
-            return tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t<2>;\n\t.reg .b16 h<4>;\n\tld.global.v2.b32 {t0, t1}, [$4];\n\t"
-                "mov.b32 {h0, h1}, t0;\n\tmov.b32 {h2, h3}, t1;\n\t"
-                "cvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\tcvt.f32.f16 $2, h2;\n\t"
-                "cvt.f32.f16 $3, h3;\n\t}",
-                "=r,=r,=r,=r,l", [ptrs], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-        else:
-            return tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t0;\n\t.reg .b16 h<2>;\n\tld.global.b32 t0, [$2];\n\t"
-                "mov.b32 {h0, h1}, t0;\n\tcvt.f32.f16 $0, h0;\n\tcvt.f32.f16 $1, h1;\n\t}",
-                "=r,=r,l", [ptrs], dtype=(tl.float32,) * 2, is_pure=True, pack=1)
-
+            KIND: tl.constexpr = "f16"
+        return tl.inline_asm_elementwise(_vec_ld_asm(KIND, VEC), _vec_constraints(VEC, 0), [ptrs],
+                                         dtype=(tl.float32,) * VEC, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -351,38 +353,15 @@ def _stv(ptrs, v, VEC: tl.constexpr):
     addr = ptrs.to(tl.int64)
     if VEC == 1:
         _st(ptrs, v[0].to(ptrs.dtype.element_ty))
-    elif ptrs.dtype.element_ty == tl.float32:
-        if VEC == 4:
-            tl.inline_asm_elementwise("st.global.v4.b32 [$1], {$2, $3, $4, $5};\n\tmov.u32 $0, 0;",
-                                      "=r,l,r,r,r,r", [addr, v[0], v[1], v[2], v[3]], dtype=tl.int32,
-                                      is_pure=False, pack=1)
-        else:
-            tl.inline_asm_elementwise("st.global.v2.b32 [$1], {$2, $3};\n\tmov.u32 $0, 0;",
-                                      "=r,l,r,r", [addr, v[0], v[1]], dtype=tl.int32, is_pure=False,
-                                      pack=1)
     else:
-        if ptrs.dtype.element_ty == tl.bfloat16:
+        if ptrs.dtype.element_ty == tl.float32:
+            CVT: tl.constexpr = None
+        elif ptrs.dtype.element_ty == tl.bfloat16:
             CVT: tl.constexpr = "cvt.rn.bf16x2.f32"
         else:
             CVT: tl.constexpr = "cvt.rn.f16x2.f32"
-        if VEC == 8:
-            tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t<4>;\n\t" + CVT + " t0, $3, $2;\n\t" + CVT + " t1, $5, $4;\n\t"
-                + CVT + " t2, $7, $6;\n\t" + CVT + " t3, $9, $8;\n\t"
-                "st.global.v4.b32 [$1], {t0, t1, t2, t3};\n\tmov.u32 $0, 0;\n\t}",
-                "=r,l,r,r,r,r,r,r,r,r", [addr, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]],
-                dtype=tl.int32, is_pure=False, pack=1)
-        elif VEC == 4:
-            tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t<2>;\n\t" + CVT + " t0, $3, $2;\n\t" + CVT + " t1, $5, $4;\n\t"
-                "st.global.v2.b32 [$1], {t0, t1};\n\tmov.u32 $0, 0;\n\t}",
-                "=r,l,r,r,r,r", [addr, v[0], v[1], v[2], v[3]], dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            tl.inline_asm_elementwise(
-                "{\n\t.reg .b32 t0;\n\t" + CVT + " t0, $3, $2;\n\t"
-                "st.global.b32 [$1], t0;\n\tmov.u32 $0, 0;\n\t}",
-                "=r,l,r,r", [addr, v[0], v[1]], dtype=tl.int32, is_pure=False, pack=1)
-
+        tl.inline_asm_elementwise(_vec_st_asm(CVT, VEC), _vec_constraints(1, VEC), (addr,) + v,
+                                  dtype=tl.int32, is_pure=False, pack=1)
 
 @triton.jit
 def _lrn_ta(ring, g, alpha_n, k, SIZE: tl.constexpr, BETA: tl.constexpr):
