@@ -4,6 +4,7 @@ kernel is defined), so this file sets it first. With a GPU the kernels run compi
 tensors and CPU tensors take the plain-PyTorch path."""
 
 import os
+import signal
 
 import torch  # importing torch does not import triton
 
@@ -13,6 +14,13 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+
+# A shell starts a background job (`pytest &` in a script, nohup) with SIGINT ignored, and a child
+# inherits that: `python -m train.run` then keeps Ctrl-C ignored, as it should in the background, and
+# the tests that press Ctrl-C in a run would hang or pass without testing anything. The runs these
+# tests start get SIGINT as a terminal's foreground job does, however pytest itself was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
