@@ -18,6 +18,8 @@ Ctrl-C, which reaches the whole process group, interrupts nothing in them. The l
 SIGINT or SIGTERM into one SIGTERM to every rank (``fn`` may handle it, e.g. to stop at a step boundary
 and save; by default it ends the rank), a second one into SIGKILL, and kills ranks still running
 ``stop_timeout_s`` after the first; it then raises ``LaunchInterrupted`` (a ``KeyboardInterrupt``).
+A launcher that starts with SIGINT ignored (a shell's background job) leaves it ignored, as Python and
+``train.run``'s one-process path do; SIGTERM still stops it.
 A rank whose launcher died (even by SIGKILL) sends itself SIGTERM within a fraction of a second, exits
 by itself at most ``stop_timeout_s`` later, and removes the launcher's temporary folder. ``fn`` and
 ``args`` travel to the ranks in a file, not through the start-up pipe, so a rank that dies while
@@ -298,7 +300,8 @@ def _launch(fn, nprocs, args, backend, store_dir, owned_dir, grace_s, stop_timeo
         finally:
             if main_thread:
                 old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, forward)
-                signal.signal(signal.SIGINT, forward)
+                if old_handlers[signal.SIGINT] is not signal.SIG_IGN:   # a background job's stays ignored
+                    signal.signal(signal.SIGINT, forward)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         first_failure = None
         while len(exit_time) < nprocs:

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
-# A shell starts a background job (`pytest &` in a script, nohup) with SIGINT ignored, and a child
+# A shell script starts a background job (`pytest &`) with SIGINT ignored, and a child
 # inherits that: `python -m train.run` then keeps Ctrl-C ignored, as it should in the background, and
 # the tests that press Ctrl-C in a run would hang or pass without testing anything. The runs these
 # tests start get SIGINT as a terminal's foreground job does, however pytest itself was started.

@@ -225,6 +225,27 @@ def _killed_worker():
     time.sleep(600)  # rank 0 hangs outside any collective: the launcher must stop it
 
 
+def _sigint_to_launcher_worker():
+    os.kill(os.getppid(), signal.SIGINT)
+    time.sleep(1.0)  # a SIGTERM forwarded by the launcher would end this rank here
+    return "done"
+
+
+def test_launcher_started_with_sigint_ignored_leaves_it_ignored(tmp_path):
+    """A background job (SIGINT ignored) is not stopped by a Ctrl-C meant for the shell, as the
+    one-process run is not (tests/test_train.py)."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        try:
+            results = launch(_sigint_to_launcher_worker, 1, store_dir=str(tmp_path))
+        except KeyboardInterrupt as e:   # LaunchInterrupted; (uncaught, it would end the whole session)
+            pytest.fail(f"the launcher acted on a SIGINT that arrived ignored: {e!r}")
+        assert results == ["done"]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def test_raising_rank_fails_every_rank_and_is_reported_first(tmp_path):
     start = time.monotonic()
     with pytest.raises(LaunchError) as info:
