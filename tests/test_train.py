@@ -211,6 +211,8 @@ def test_stop_flag_leaves_a_signal_that_arrived_ignored_ignored():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGINT)
             assert not stop.requested
+            # (never SIGTERM this process without a handler in place: that would end the whole session)
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.01)     # (the handler runs between bytecodes of the main thread)
             assert stop.requested and stop.signum == signal.SIGTERM
