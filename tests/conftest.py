@@ -30,6 +30,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture
+def sigint_ignored():
+    """SIGINT ignored in this process for the test, as in a shell script's background job."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

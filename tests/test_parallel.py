@@ -231,19 +231,15 @@ def _sigint_to_launcher_worker():
     return "done"
 
 
-def test_launcher_started_with_sigint_ignored_leaves_it_ignored(tmp_path):
+def test_launcher_started_with_sigint_ignored_leaves_it_ignored(tmp_path, sigint_ignored):
     """A background job (SIGINT ignored) is not stopped by a Ctrl-C meant for the shell, as the
     one-process run is not (tests/test_train.py)."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        try:
-            results = launch(_sigint_to_launcher_worker, 1, store_dir=str(tmp_path))
-        except KeyboardInterrupt as e:   # LaunchInterrupted; (uncaught, it would end the whole session)
-            pytest.fail(f"the launcher acted on a SIGINT that arrived ignored: {e!r}")
-        assert results == ["done"]
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, old)
+        results = launch(_sigint_to_launcher_worker, 1, store_dir=str(tmp_path))
+    except KeyboardInterrupt as e:   # LaunchInterrupted; (uncaught, it would end the whole session)
+        pytest.fail(f"the launcher acted on a SIGINT that arrived ignored: {e!r}")
+    assert results == ["done"]
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_raising_rank_fails_every_rank_and_is_reported_first(tmp_path):

@@ -202,23 +202,19 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_data, tmp_path):
     assert state["global_step"] >= 2
 
 
-def test_stop_flag_leaves_a_signal_that_arrived_ignored_ignored():
+def test_stop_flag_leaves_a_signal_that_arrived_ignored_ignored(sigint_ignored):
     """A run started as a background job (SIGINT ignored) keeps Ctrl-C ignored; SIGTERM still stops it
     at a step boundary. (tests/conftest.py makes sure the runs above start with SIGINT not ignored.)"""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with engine.StopFlag() as stop:
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            os.kill(os.getpid(), signal.SIGINT)
-            assert not stop.requested
-            # (never SIGTERM this process without a handler in place: that would end the whole session)
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)     # (the handler runs between bytecodes of the main thread)
-            assert stop.requested and stop.signum == signal.SIGTERM
+    with engine.StopFlag() as stop:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, old)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert not stop.requested
+        # (never SIGTERM this process without a handler in place: that would end the whole session)
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)     # (the handler runs between bytecodes of the main thread)
+        assert stop.requested and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_evaluate_reports_centre_and_ten_crop_errors(tiny_data, tmp_path, capfd):
