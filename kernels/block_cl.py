@@ -232,6 +232,17 @@ if triton is not None:
             return tl.where(am == K, g + d, g)
 
     @triton.jit
+    def _window_row(oh, o_img, OH, OWC, wcol_off, wcol_ok, NWW: tl.constexpr):
+        """Pooled row oh's windows in the block's window columns: their channel-c0 offsets (clamped into
+        the pooled plane) and whether each lies inside it."""
+        w_row = ()
+        wok = ()
+        for b in tl.static_range(NWW):
+            w_row = w_row + (o_img + tl.minimum(tl.maximum(oh, 0), OH - 1).to(tl.int64) * OWC + wcol_off[b],)
+            wok = wok + (wcol_ok[b] & (oh >= 0) & (oh < OH),)
+        return w_row, wok
+
+    @triton.jit
     def _route_row(gs, w_row, wok, toffs, toks, doffs, doks, am_ptr, dy_ptr, A: tl.constexpr,
                    G: tl.constexpr, SIZE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                    SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
@@ -333,25 +344,13 @@ if triton is not None:
         empty = ((zero,) * NPIX,) * NT
         carry = empty
         if NWH == 2:
-            oh = bh0 + OH_LO
-            w_row = ()
-            for b in tl.static_range(NWW):
-                w_row = w_row + (o_img + tl.minimum(tl.maximum(oh, 0), OH - 1).to(tl.int64) * OWC
-                                 + wcol_off[b],)
-            wok = ()
-            for b in tl.static_range(NWW):
-                wok = wok + (wcol_ok[b] & (oh >= 0) & (oh < OH),)
+            w_row, wok = _window_row(bh0 + OH_LO, o_img, OH, OWC, wcol_off, wcol_ok, NWW)
             carry = _route_row(empty, w_row, wok, *rargs, 0, G, SIZE, KH, KW, SH, SW, PH, PW, OH_LO, OW_LO,
                                NWW, VEC)
         for it in range(n_blocks):
             bh = bh0 + it
-            oh = bh + (OH_LO + NWH - 1)  # the block's last window row
-            w_row = ()
-            wok = ()
-            for b in tl.static_range(NWW):
-                w_row = w_row + (o_img + tl.minimum(tl.maximum(oh, 0), OH - 1).to(tl.int64) * OWC
-                                 + wcol_off[b],)
-                wok = wok + (wcol_ok[b] & (oh >= 0) & (oh < OH),)
+            # the block's last window row
+            w_row, wok = _window_row(bh + (OH_LO + NWH - 1), o_img, OH, OWC, wcol_off, wcol_ok, NWW)
             gs = _route_row(carry, w_row, wok, *rargs, NWH - 1, G, SIZE, KH, KW, SH, SW, PH, PW, OH_LO,
                             OW_LO, NWW, VEC)
             if NWH == 2:
@@ -391,6 +390,7 @@ if triton is not None:
         _halo = _halo.fn
         _span = _span.fn
         _row_maxima = _row_maxima.fn
+        _window_row = _window_row.fn
         _route_row = _route_row.fn
 
 

@@ -678,13 +678,9 @@ if triton is not None:
             # c0 = 0: the rings start as zeros (channels < 0); t and a of j from -DB, so that dx of channel
             # 0 has its window; steps loading nothing into rings of zeros are left out
             for m in tl.static_range(2 * DB // VEC):
-                if m * VEC + DA - DB >= 0:  # i = j + DA, j = m * VEC - DB
-                    if m * VEC >= DB:
-                        R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA - DB, C, alpha_n,
-                                               k, coef, SIZE, BETA, VEC, DA, DB, 1, 2, False)
-                    else:
-                        R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA - DB, C, alpha_n,
-                                               k, coef, SIZE, BETA, VEC, DA, DB, 1, 1, False)
+                if m * VEC + DA - DB >= 0:  # i = j + DA, j = m * VEC - DB: t and a of zeros while j < 0
+                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA - DB, C, alpha_n, k,
+                                           coef, SIZE, BETA, VEC, DA, DB, 1, 2 if m * VEC >= DB else 1, False)
             c0 = 0
             n_ok = (C - DA - DB) // VEC  # steps whose x load lies in [0, C)
         else:
@@ -705,13 +701,9 @@ if triton is not None:
             R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 + m * VEC + DA + DB, C, alpha_n, k,
                                    coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
         if WHOLE:
-            for m in tl.static_range((DA + DB) // VEC):  # i = C + m * VEC: past C
-                if m * VEC < DA:
-                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef,
-                                           SIZE, BETA, VEC, DA, DB, 0, 2, True)
-                else:
-                    R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef,
-                                           SIZE, BETA, VEC, DA, DB, 0, 1, True)
+            for m in tl.static_range((DA + DB) // VEC):  # i = C + m * VEC: past C (so is j from m = DA / VEC)
+                R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef, SIZE,
+                                       BETA, VEC, DA, DB, 0, 2 if m * VEC < DA else 1, True)
         else:
             for c in range(c0 + n_ok * VEC, c_end, VEC):
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c + DA + DB, C, alpha_n, k, coef, SIZE,
