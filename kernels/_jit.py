@@ -350,10 +350,10 @@ def _stv(ptrs, v, VEC: tl.constexpr):
     """Store the tuple v (VEC values in the compute dtype) at ptrs (aligned to VEC elements), rounded to
     the pointer's dtype (round to nearest even, as .to() does): one vector store; bfloat16 and
     float16 pack two values with one cvt."""
-    addr = ptrs.to(tl.int64)
     if VEC == 1:
         _st(ptrs, v[0].to(ptrs.dtype.element_ty))
     else:
+        addr = ptrs.to(tl.int64)
         if ptrs.dtype.element_ty == tl.float32:
             CVT: tl.constexpr = None
         elif ptrs.dtype.element_ty == tl.bfloat16:
