@@ -38,7 +38,7 @@ def git_commit() -> str | None:
 
 
 SOURCE_DIRS = ("kernels", "alexnet", "train", "bench", "tests")
-PREPARED = REPO / ".gpu_prepared.json"  # written here by `bash bench/gpu_check.sh --prepare`; travels
+PREPARED = REPO / ".gpu_prepared.json"  # written here by `bash bench/tools/gpu_check.sh --prepare`; travels
 
 
 def source_fingerprint(dirs=SOURCE_DIRS, root: Path = REPO) -> str:

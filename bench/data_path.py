@@ -15,7 +15,7 @@ multi-scale colour fields, shapes with sharp edges, sensor-like noise), it measu
     bandwidth; without a GPU it says so in one line;
   - the training step of the network it feeds (the paper's AlexNet, fused ops; batch 128 on a GPU, 16 on
     the CPU), so that it is plain which one limits training;
-  - the kernel's static cost read from its sm_90a SASS (bench/sass_cost.py's machinery, no GPU needed):
+  - the kernel's static cost read from its sm_90a SASS (bench/tools/sass_cost.py's machinery, no GPU needed):
     thread-instructions per minimal byte, registers, spills.
 Results: bench/results/data_path_<device>_<date>.{json,md}.
 """
@@ -195,9 +195,8 @@ def gpu_paths(prepared: list[str], full: list[str], pre: data.Preprocess, batch:
 
 def sass_cost(batch: int) -> list[dict] | str:
     """The kernel's static cost for sm_90a (no GPU needed): compiled as the JIT would, read from SASS."""
-    sys.path.insert(0, str(REPO / "bench"))
     try:
-        import sass_cost as sc
+        from bench.tools import sass_cost as sc
     except Exception as e:  # noqa: BLE001 - optional part of the report
         return f"not measured: {type(e).__name__}: {e}"
     from kernels._common import recording

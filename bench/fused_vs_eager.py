@@ -611,7 +611,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None,
                     help="result file stem inside --out instead of <device>_<date>[_quick]<tag>")
     ap.add_argument("--json-only", action="store_true",
-                    help="write only the JSON, after every op case (bench/gpu_summary.py makes tables later)")
+                    help="write only the JSON, after every op case (bench/tools/gpu_summary.py makes "
+                         "tables later)")
     ap.add_argument("--order", choices=["dtype", "breadth"], default="dtype",
                     help="dtype: every case in float32, then bfloat16 (default); breadth: the first shape "
                          "of every op in each dtype before any second shape (a budget cut keeps one per op)")

@@ -3,7 +3,7 @@ would compile it at runtime (the same integer specialisations, alignment hints, 
 num_warps), and the ptxas shipped with Triton reports no register spills.
 
 The launches are captured with ``kernels._common.recording`` (the public ops, forward and backward, on
-CPU tensors) and compiled by bench/sass_cost.py's machinery under a fake CUDA driver, at AlexNet's
+CPU tensors) and compiled by bench/tools/sass_cost.py's machinery under a fake CUDA driver, at AlexNet's
 batch-128 shapes and at small odd shapes, in both memory formats.
 
 Compiling is what costs (0.2 s to 7 s of CPU a kernel; about 540 distinct compiles for every case in
@@ -95,7 +95,7 @@ def plan() -> list:
 _SCRIPT = textwrap.dedent(r"""
     import json, sys, time
     import kernels
-    import bench.sass_cost as sc
+    import bench.tools.sass_cost as sc
 
     t0 = time.time()
     launches, archs, tags, captured, skipped = [], [], [], [], []

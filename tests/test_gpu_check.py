@@ -1,6 +1,6 @@
-"""bench/gpu_check.sh and its helpers, checked without a GPU: the Nsight Compute CSV parser on a realistic
-sample, the join of ncu rows with the committed sass_cost prediction (the launches the GPU run will make
-must line up with the predicted kernels), the summary's PASS / MISS table from synthetic part files, and
+"""bench/tools/gpu_check.sh and its helpers, checked without a GPU: the Nsight Compute CSV parser on a
+realistic sample, the join of ncu rows with the committed sass_cost prediction (the launches the GPU run will
+make must line up with the predicted kernels), the summary's PASS / MISS table from synthetic part files, and
 the rehearsal of part 1 through the shell script itself (file names, at most 8 files, the summary)."""
 
 import json
@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import gpu_summary, ncu_kernels  # noqa: E402
+from bench.tools import gpu_summary, ncu_kernels  # noqa: E402
 
 PREDICTION = sorted((REPO / "bench" / "results").glob("sass_cost_3.6.0_*.json"))[-1]
 
@@ -351,7 +351,7 @@ def test_summary_marks_every_target(tmp_path):
 def test_rehearsal_of_part_1_through_the_script(tmp_path):
     env = {**os.environ, "REHEARSE": "1", "PART": "1", "OUT": str(tmp_path), "LIMIT_S": "60"}
     p = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu_check.sh")],
+        ["bash", str(REPO / "bench" / "tools" / "gpu_check.sh")],
         env=env,
         capture_output=True,
         text=True,

@@ -1,4 +1,5 @@
-"""bench/sass_cost.py's reading of SASS: loops, their weighting by trip counts, memory widths, occupancy.
+"""bench/tools/sass_cost.py's reading of SASS: loops, their weighting by trip counts, memory widths,
+occupancy.
 
 Synthetic SASS and TTIR only (compiling real kernels is tests/test_compile_sm.py's job, in a process
 without the interpreter)."""
@@ -15,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def sc():
     spec = importlib.util.spec_from_file_location("sass_cost_under_test",
-                                                  os.path.join(ROOT, "bench", "sass_cost.py"))
+                                                  os.path.join(ROOT, "bench", "tools", "sass_cost.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

@@ -1,4 +1,5 @@
-"""A pytest plugin for the GPU session (bench/gpu_check.sh part 2): ``python -m pytest -p bench.pytest_gpu``.
+"""A pytest plugin for the GPU session (bench/tools/gpu_check.sh part 2):
+``python -m pytest -p bench.tools.pytest_gpu``.
 
 Always: every test's outcome goes to a JSON file as soon as the test ends (``GPU_CHECK_TESTS_JSON``, one
 section per ``GPU_CHECK_TESTS_LABEL``), and a failure is printed at once as ``FAILED <id>: <message>``,

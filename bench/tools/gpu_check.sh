@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 9's GPU run, in two device calls (from the repository root; bench/README.md "GPU session"):
-#     PART=1-5 LIMIT_S=420 bash bench/gpu_check.sh    # env, CUDA tests, op benchmark, Nsight Compute, AlexNet step
-#     PART=6-7 LIMIT_S=300 bash bench/gpu_check.sh    # torch.compile per op, train.run, two towers on one GPU
-#     bash bench/gpu_check.sh --prepare               # here, before the calls: the commit, for a machine without git
-#     REHEARSE=1 bash bench/gpu_check.sh              # here, on the CPU: every part's code path at tiny sizes
+#     PART=1-5 LIMIT_S=420 bash bench/tools/gpu_check.sh    # env, CUDA tests, op benchmark, Nsight Compute, AlexNet step
+#     PART=6-7 LIMIT_S=300 bash bench/tools/gpu_check.sh    # torch.compile per op, train.run, two towers on one GPU
+#     bash bench/tools/gpu_check.sh --prepare               # here, before the calls: the commit, for a machine without git
+#     REHEARSE=1 bash bench/tools/gpu_check.sh              # here, on the CPU: every part's code path at tiny sizes
 # Parts run in the issue's order of value, each in its own process under a time cap, and each writes its
 # JSON into $OUT as it goes, so a command stopped at its limit still returns every finished part:
 #     gpu_check_<PART>.log (everything printed), p1_env.json, p2_tests.json, p3_ops.json, p4_ncu.json,
@@ -11,10 +11,10 @@
 # Part 1 (the environment, a few seconds) runs in every call. PART takes ranges and lists ("1-5", "6-7",
 # "2,4", "all"). LIMIT_S: the seconds the call may take (the device call's timeout_s less ~60); each part
 # gets at most its cap (P2_S, P3_S, P4_S, P6_S, P7_S) and never more than what is left; part 5 and part 6
-# take what the others leave. Afterwards, here: python bench/gpu_summary.py <folder of the returned files>.
+# take what the others leave. Afterwards, here: python bench/tools/gpu_summary.py <folder of the returned files>.
 set -u
-cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--prepare" ]; then exec python3 bench/gpu_parts.py prepare; fi
+cd "$(dirname "$0")/../.."
+if [ "${1:-}" = "--prepare" ]; then exec python3 bench/tools/gpu_parts.py prepare; fi
 script_start=$(date +%s)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET  # timings and ncu need compiled kernels (the tests' conftest sets it without CUDA)
@@ -83,17 +83,17 @@ rc_all=0
 # Predictions for part 4 in the background: at once if the committed sass_cost JSON is of these kernels
 PRED_DIR=${TMPDIR:-/tmp}/gpu_check_predictions_$$
 if want 4; then
-    "$PY" bench/ncu_kernels.py predict --out "$PRED_DIR" --timeout 200 > "$PRED_DIR.log" 2>&1 &
+    "$PY" bench/tools/ncu_kernels.py predict --out "$PRED_DIR" --timeout 200 > "$PRED_DIR.log" 2>&1 &
     pred_pid=$!
 fi
 
 # 1. environment
-run_part 1 60 "$PY" bench/gpu_parts.py env --out "$OUT/p1_env.json" || rc_all=1
+run_part 1 60 "$PY" bench/tools/gpu_parts.py env --out "$OUT/p1_env.json" || rc_all=1
 
 # 2. correctness: the CUDA-marked tests, then the equivalence tests with their ops on the GPU
 if want 2; then
     t2=$(cap "$P2_S" 120)
-    flags=(-q -p bench.pytest_gpu -p no:cacheprovider -o addopts= --continue-on-collection-errors)
+    flags=(-q -p bench.tools.pytest_gpu -p no:cacheprovider -o addopts= --continue-on-collection-errors)
     if [ -z "$REHEARSE" ]; then
         xdist=; "$PY" -c "import xdist" 2>/dev/null && xdist=1
         "$PY" -c "import pytest_timeout" 2>/dev/null && flags+=(--timeout 100)
@@ -140,7 +140,7 @@ if want 4; then
     cat "$PRED_DIR.log" 2>/dev/null
     extra=()
     [ -n "$REHEARSE" ] && extra=(--batch 2 --dtypes float32)
-    run_part 4 "$t4" "$PY" bench/ncu_kernels.py run --out "$OUT/p4_ncu.json" --raw "$OUT/p4_ncu_raw.csv" \
+    run_part 4 "$t4" "$PY" bench/tools/ncu_kernels.py run --out "$OUT/p4_ncu.json" --raw "$OUT/p4_ncu_raw.csv" \
         --budget "$t4" --predictions-dir "$PRED_DIR" "${extra[@]}" || rc_all=1
 fi
 
@@ -149,7 +149,7 @@ if want 5; then
     t5=$(cap 100000)
     extra=()
     [ -n "$REHEARSE" ] && extra=(--rehearse --no-compile)
-    run_part 5 "$t5" "$PY" bench/gpu_parts.py model --out "$OUT/p5_model.json" --budget "$(( t5 - 5 ))" \
+    run_part 5 "$t5" "$PY" bench/tools/gpu_parts.py model --out "$OUT/p5_model.json" --budget "$(( t5 - 5 ))" \
         "${extra[@]}" || rc_all=1
 fi
 
@@ -168,9 +168,9 @@ fi
 if want 7; then
     extra=()
     [ -n "$REHEARSE" ] && extra=(--rehearse)
-    run_part 7b "$(cap 60 40)" "$PY" bench/gpu_parts.py split --out "$OUT/p7_train.json" "${extra[@]}" || rc_all=1
+    run_part 7b "$(cap 60 40)" "$PY" bench/tools/gpu_parts.py split --out "$OUT/p7_train.json" "${extra[@]}" || rc_all=1
     t7=$(cap "$P7_S")
-    run_part 7a "$t7" "$PY" bench/gpu_parts.py train --out "$OUT/p7_train.json" --budget "$(( t7 - 10 ))" \
+    run_part 7a "$t7" "$PY" bench/tools/gpu_parts.py train --out "$OUT/p7_train.json" --budget "$(( t7 - 10 ))" \
         "${extra[@]}" || rc_all=1
 fi
 
@@ -178,7 +178,7 @@ rm -rf "$PRED_DIR" "$PRED_DIR.log" "$OUT"/*.tmp 2>/dev/null
 echo
 echo "== summary ($(elapsed) s of $LIMIT_S)"
 for s in "${status[@]}"; do echo "  $s"; done
-"$PY" bench/gpu_summary.py "$OUT" --brief 2>&1 | tail -60
+"$PY" bench/tools/gpu_summary.py "$OUT" --brief 2>&1 | tail -60
 ls -l "$OUT"
 return $rc_all
 }

@@ -1,14 +1,15 @@
-"""The parts of bench/gpu_check.sh that are not a benchmark of their own (issue 9), one subcommand each.
+"""The parts of bench/tools/gpu_check.sh that are not a benchmark of their own (issue 9), one subcommand each.
 Each writes its JSON (atomically, and again after every step) as soon as it has something:
 
-    python bench/gpu_parts.py env   --out p1_env.json               # 1. GPU, driver, versions, commit
-    python bench/gpu_parts.py model --out p5_model.json --budget 150 # 5. AlexNet training step, saved bytes
-    python bench/gpu_parts.py train --out p7_train.json --budget 120 # 7a. python -m train.run, built-in set
-    python bench/gpu_parts.py split --out p7_train.json             # 7b. two towers, two ranks, one GPU
-    python bench/gpu_parts.py prepare                               # here, before a GPU run
+    python bench/tools/gpu_parts.py env --out p1_env.json                   # 1. GPU, driver, versions, commit
+    python bench/tools/gpu_parts.py model --out p5_model.json --budget 150  # 5. AlexNet step, saved bytes
+    python bench/tools/gpu_parts.py train --out p7_train.json --budget 120  # 7a. train.run, built-in set
+    python bench/tools/gpu_parts.py split --out p7_train.json               # 7b. two towers on one GPU
+    python bench/tools/gpu_parts.py prepare                                 # here, before a GPU run
 
 ``--rehearse`` (all but env): tiny sizes on the CPU, the same code paths, so the GPU run is not the first.
-Parts 2, 3, 4 and 6 are pytest (bench/pytest_gpu.py), bench/fused_vs_eager.py and bench/ncu_kernels.py.
+Parts 2, 3, 4 and 6 are pytest (bench/tools/pytest_gpu.py), bench/fused_vs_eager.py and
+bench/tools/ncu_kernels.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -413,7 +414,7 @@ def part_split(out: Path, rehearse: bool = False) -> dict:
     """Two ranks (gloo), both on the one GPU, each one tower of the fused model, against the one-device
     model: logits, loss, every gradient, the state after an SGD step; without and with dropout."""
     from alexnet.launch import launch
-    from bench.gpu_parts import _split_worker  # by its module's name: the ranks unpickle it from there
+    from bench.tools.gpu_parts import _split_worker  # by its module's name: the ranks unpickle it from there
 
     t0 = time.perf_counter()
     res = {

@@ -1,13 +1,14 @@
-"""Nsight Compute on every fused kernel at AlexNet's batch-128 shapes, beside bench/sass_cost.py's prediction.
+"""Nsight Compute on every fused kernel at AlexNet's batch-128 shapes, beside bench/tools/sass_cost.py's
+prediction.
 
-    python bench/ncu_kernels.py run --out p4_ncu.json [--raw p4_ncu_raw.csv] [--budget 90]   # GPU machine
-    python bench/ncu_kernels.py launch --manifest m.json       # what ncu profiles (run by ``run``)
-    python bench/ncu_kernels.py predict --out DIR              # sass_cost for this Triton, if the committed
-                                                               # prediction is not of these kernels
-    python bench/ncu_kernels.py stamp FILE                     # kernels' fingerprint into a sass_cost JSON
-    python bench/ncu_kernels.py join --manifest m.json --csv raw.csv --out p4.json   # parse + join again
+    python bench/tools/ncu_kernels.py run --out p4_ncu.json [--raw p4_ncu_raw.csv] [--budget 90]  # GPU
+    python bench/tools/ncu_kernels.py launch --manifest m.json   # what ncu profiles (run by ``run``)
+    python bench/tools/ncu_kernels.py predict --out DIR          # sass_cost for this Triton, if the committed
+                                                                 # prediction is not of these kernels
+    python bench/tools/ncu_kernels.py stamp FILE                 # kernels' fingerprint into a sass_cost JSON
+    python bench/tools/ncu_kernels.py join --manifest m.json --csv raw.csv --out p4.json  # parse + join again
 
-``launch`` runs each op (bench/sass_cost.py's OPS: the same calls and shapes as the prediction) forward and
+``launch`` runs each op (sass_cost.py's OPS: the same calls and shapes as the prediction) forward and
 backward once to compile and warm up, then, between cudaProfilerStart and Stop, records each case's launches
 (``kernels._common.recording``: kernel, grid, warps; nothing runs) and runs the case for real. ``run``
 profiles that with ``ncu --profile-from-start off --clock-control none`` restricted to the project's Triton
@@ -36,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -100,7 +101,7 @@ def kernel_function_names(root: Path = REPO) -> list[str]:
 
 
 def cases(dtypes=("float32", "bfloat16"), ops=None):
-    from bench.sass_cost import OPS
+    from bench.tools.sass_cost import OPS
 
     out = []
     for op, spec in OPS.items():
@@ -451,7 +452,7 @@ def predict_main(out_dir: Path, processes: int, timeout: float, force: bool = Fa
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [
         sys.executable,
-        str(REPO / "bench" / "sass_cost.py"),
+        str(REPO / "bench" / "tools" / "sass_cost.py"),
         "--layouts",
         "nchw",
         "--quiet",
@@ -542,7 +543,7 @@ def run_main(
     ops: list[str] | None = None,
 ) -> dict:
     from bench.common import commit_info
-    from bench.gpu_parts import find_ncu, write_json
+    from bench.tools.gpu_parts import find_ncu, write_json
 
     t0 = time.perf_counter()
     ncu = ncu or find_ncu()
@@ -582,7 +583,7 @@ def run_main(
     manifest_path = tmp / "manifest.json"
     launcher = [
         sys.executable,
-        str(REPO / "bench" / "ncu_kernels.py"),
+        str(REPO / "bench" / "tools" / "ncu_kernels.py"),
         "launch",
         "--manifest",
         str(manifest_path),

@@ -1,7 +1,7 @@
-"""Turn the files a GPU run of bench/gpu_check.sh returned into the tables the README quotes.
+"""Turn the files a GPU run of bench/tools/gpu_check.sh returned into the tables the README quotes.
 
-    python bench/gpu_summary.py FILES_AT_OF_CALL_1 FILES_AT_OF_CALL_2        # writes bench/results/
-    python bench/gpu_summary.py DIR --stdout-only                            # print, write nothing
+    python bench/tools/gpu_summary.py FILES_AT_OF_CALL_1 FILES_AT_OF_CALL_2        # writes bench/results/
+    python bench/tools/gpu_summary.py DIR --stdout-only                            # print, write nothing
 
 Reads p1_env.json, p2_tests.json, p3_ops.json, p4_ncu.json, p5_model.json, p6_compile.json and p7_train.json
 from the folders given (any subset; a later folder's file of the same name wins, except p1_env.json: the
@@ -20,14 +20,14 @@ import re
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 FILES = ("p1_env", "p2_tests", "p3_ops", "p4_ncu", "p5_model", "p6_compile", "p7_train")
 #: The static report is trusted where ncu's issued warp-instructions are within this factor of its estimate.
 PREDICTION_BAND = (0.8, 1.25)
-INSTR_PER_BYTE = 6.0  # bench/sass_cost.py's NCHW budget
+INSTR_PER_BYTE = 6.0  # bench/tools/sass_cost.py's NCHW budget
 TRAIN_MIN_ACC = 70.0  # % top-1 of the built-in preset (README: 80.4% and 89.4% on the CPU with two seeds)
 
 

@@ -1,7 +1,7 @@
 """Static cost of the fused ops' kernels, read from the SASS Triton compiles for sm_90a, without a GPU.
 
-    python bench/sass_cost.py                      # AlexNet's batch-128 shapes, float32 and bfloat16
-    python bench/sass_cost.py --ops relu_lrn --dtypes float32 --layouts nchw --keep-sass /tmp/sass
+    python bench/tools/sass_cost.py                      # AlexNet's batch-128 shapes, float32 and bfloat16
+    python bench/tools/sass_cost.py --ops relu_lrn --dtypes float32 --layouts nchw --keep-sass /tmp/sass
 
 Each op runs forward and backward on CPU tensors of the real shapes inside ``kernels._common.recording``:
 the ops take their Triton path but hand every launch (kernel, grid, arguments, constexprs, num_warps, the
@@ -48,7 +48,7 @@ if __name__ == "__main__" and os.environ.get("TRITON_INTERPRET", "0") not in (""
         and "triton" not in sys.modules:
     os.environ.pop("TRITON_INTERPRET")  # @triton.jit reads it at decoration time: drop it first
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
