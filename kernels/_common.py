@@ -56,9 +56,12 @@ def use_triton(x: torch.Tensor) -> bool:
 
 def _dispatcher_free(args) -> bool:
     """True where an op may run its implementation without torch's custom-op dispatcher: outside
-    torch.compile's tracing and functorch transforms, with plain tensors only (no fake, functional or
-    other subclass tensors, which need the registered op and its fake)."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    torch.compile's tracing, functorch transforms and Python dispatch modes (selective activation
+    checkpointing's policy, ``FlopCounterMode``, debug and tracing modes must see the op), with plain
+    tensors only (no fake, functional or other subclass tensors, which need the registered op and its
+    fake)."""
+    if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or torch._C._len_torch_dispatch_stack() > 0):
         return False
     return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
 
@@ -67,7 +70,8 @@ def fast_path(op, impl):
     """``op`` (a ``torch.library.custom_op``) as a function that calls ``impl``, the same computation,
     directly where the dispatcher adds nothing (see ``_dispatcher_free``): a custom op costs tens of
     microseconds of host time per call in eager mode, which is what small layers are bound by on a
-    GPU. Under torch.compile, with fake tensors and under functorch, ``op`` runs as registered."""
+    GPU. Under torch.compile, with fake tensors, under functorch and under a dispatch mode, ``op`` runs
+    as registered."""
     def call(*args):
         return impl(*args) if _dispatcher_free(args) else op(*args)
     call.op = op
