@@ -127,11 +127,11 @@ def test_join_matches_launch_order_and_the_committed_prediction():
 def test_the_gpu_run_launches_what_the_committed_prediction_compiled():
     """Recorded (nothing runs) at batch 128 with the current kernels: every launch's kernel, grid and warps
     is the prediction's, so part 4 joins one to one. Fails when the kernels changed: rerun sass_cost with
-    triton 3.6 (bench/README.md), or the GPU run predicts again by itself (slower)."""
+    triton 3.6 (bench/tools/README.md), or the GPU run predicts again by itself (slower)."""
     assert json.loads(PREDICTION.read_text())["meta"].get("kernels_sha256"), "stamp it: ncu_kernels.py stamp"
     assert ncu_kernels.committed_prediction("3.6.0") == PREDICTION, (
-        "the kernels changed since the committed triton 3.6 prediction: regenerate it here (bench/README.md, "
-        "GPU session), or the GPU run spends about a minute predicting again")
+        "the kernels changed since the committed triton 3.6 prediction: regenerate it here "
+        "(bench/tools/README.md, GPU session), or the GPU run spends about a minute predicting again")
     m = ncu_kernels.launch_main(None, 128, ["float32"], run=False)
     pred = ncu_kernels.load_predictions(PREDICTION)
     assert len(m["launches"]) == 20

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9's GPU run, in two device calls (from the repository root; bench/README.md "GPU session"):
+# Issue 9's GPU run, in two device calls (from the repository root; bench/tools/README.md "GPU session"):
 #     PART=1-5 LIMIT_S=420 bash bench/tools/gpu_check.sh    # env, CUDA tests, op benchmark, Nsight Compute, AlexNet step
 #     PART=6-7 LIMIT_S=300 bash bench/tools/gpu_check.sh    # torch.compile per op, train.run, two towers on one GPU
 #     bash bench/tools/gpu_check.sh --prepare               # here, before the calls: the commit, for a machine without git
