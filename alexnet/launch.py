@@ -25,6 +25,11 @@ by itself at most ``stop_timeout_s`` later, and removes the launcher's temporary
 ``args`` travel to the ranks in a file, not through the start-up pipe, so a rank that dies while
 starting never blocks the launcher; folders of launchers that no longer run are removed by the next
 launch.
+
+The launcher and its ranks exchange pickles (``fn`` and ``args``, the ranks' results and exceptions), and
+unpickling can run code, so they live in a folder only the user can write: a new ``mkdtemp`` folder (mode
+0700) by default. A ``store_dir`` that is not the user's own, or that others may write, is refused by the
+launcher (``PermissionError``) and by every rank before it reads anything from it.
 """
 
 from __future__ import annotations
@@ -155,8 +160,8 @@ def _worker(rank: int, nprocs: int, payload: str, env: dict, report_dir: str, la
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
     try:
-        with open(payload, "rb") as f:
-            fn, args = pickle.load(f)
+        check_private(report_dir)
+        fn, args = load_payload(payload)
         result = fn(*args)
         _write(os.path.join(report_dir, f"rank{rank}.result"), _pickled(result))
     except SystemExit as e:
@@ -210,6 +215,23 @@ def _pickled(obj) -> bytes:
         return pickle.dumps(None)
 
 
+def load_payload(path: str):
+    """The launcher's ``(fn, args)``, unpickled only from a private folder (``check_private``)."""
+    check_private(os.path.dirname(path))
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def check_private(folder: str) -> None:
+    """``PermissionError`` unless ``folder`` is the user's own and no one else may write in it: what the
+    launcher and the ranks unpickle from it must be what they wrote themselves."""
+    st = os.stat(folder)
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{folder} (mode {st.st_mode & 0o777:o}, owner uid {st.st_uid}) is not "
+                              f"private: the launcher's pickles are read from it, so it must belong to uid "
+                              f"{os.getuid()} and be writable by no one else")
+
+
 def _write(path: str, data: bytes) -> None:
     try:
         with open(path + ".tmp", "wb") as f:
@@ -236,7 +258,8 @@ def launch(fn, nprocs: int, args=(), backend: str | None = None, store_dir: str 
 
     backend: passed to ``init_distributed`` through ALEXNET_BACKEND (default: nccl with CUDA, else gloo).
     store_dir: folder for the ``file://`` init store, the ranks' error reports and the pickled ``fn`` and
-    ``args`` (default: a new temporary folder, removed afterwards).
+    ``args`` (default: a new private temporary folder, removed afterwards); it must be the user's own and
+    writable by no one else (``PermissionError``).
     grace_s: how long the other ranks may take to exit after the first failure before they are terminated.
     stop_timeout_s: how long the ranks may take to exit after the launcher was signalled (module docstring)
     before they are killed; raises ``LaunchInterrupted`` after such a stop.
@@ -255,8 +278,11 @@ def launch(fn, nprocs: int, args=(), backend: str | None = None, store_dir: str 
 
 
 def _launch(fn, nprocs, args, backend, store_dir, owned_dir, grace_s, stop_timeout_s) -> list:
+    os.makedirs(store_dir, mode=0o700, exist_ok=True)
+    check_private(store_dir)
     report_dir = os.path.join(store_dir, "reports")
-    os.makedirs(report_dir, exist_ok=True)
+    os.makedirs(report_dir, mode=0o700, exist_ok=True)
+    check_private(report_dir)
     store = os.path.join(store_dir, "store")
     if os.path.exists(store):
         os.remove(store)  # a file store left by an earlier run would confuse the rendezvous

@@ -68,7 +68,7 @@ def all_finite(ckpt: dict) -> bool:
 
 
 def load(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

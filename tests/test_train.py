@@ -104,7 +104,7 @@ def test_one_device_run_writes_metrics_plot_and_checkpoints(tiny_data, tmp_path,
 
     # the checkpoint holds the one-device state dict: it loads into a plain AlexNet
     from alexnet.model import AlexNet, AlexNetConfig
-    ckpt = torch.load(out_dir / "last.pt", weights_only=False)
+    ckpt = torch.load(out_dir / "last.pt", weights_only=True)
     model = AlexNet(AlexNetConfig(num_classes=10, image_size=67, width=0.125, init=cfg["init"]), ops="eager")
     model.load_state_dict(ckpt["model"])
     assert ckpt["state"]["epoch"] == 2 and ckpt["state"]["global_step"] == 4 and ckpt["history"] == rows
@@ -155,8 +155,8 @@ def test_two_gloo_processes_match_one_device(tiny_data, tmp_path, capfd, monkeyp
     m1, m2 = read_metrics(tmp_path / "one")[0], read_metrics(tmp_path / "two")[0]
     for key in ("train_loss", "val_top1_error", "val_top5_error", "val_top1_error_10crop"):
         assert m2[key] == pytest.approx(m1[key], abs=1e-4), key
-    w1 = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["model"]
-    w2 = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["model"]
+    w1 = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
     for name in w1:   # the two-process checkpoint is the full one-device state dict too
         torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4,
                                    msg=lambda m, n=name: f"{n}: {m}")
@@ -198,7 +198,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_data, tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted: checkpoint saved" in out, out + err
-    state = torch.load(out_dir / "last.pt", weights_only=False)["state"]
+    state = torch.load(out_dir / "last.pt", weights_only=True)["state"]
     assert state["global_step"] >= 2
 
 
@@ -336,7 +336,7 @@ def test_corrupt_image_is_named_or_skipped_and_nothing_is_lost(tiny_data, tmp_pa
     for p, content in saved.items():   # the earlier epoch's metrics and a loadable checkpoint are still there
         if p == "metrics.jsonl":
             assert (tmp_path / "run" / p).read_bytes() == content
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state"]["epoch"] == 1
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state"]["epoch"] == 1
 
     rc, out, err = train(capfd, *args, "--resume", tmp_path / "run", "--skip-bad-images")
     assert rc == 0, err

@@ -10,11 +10,20 @@ Files are written to a temporary name, synced, and moved into place with ``os.re
 a save leaves the previous checkpoint whole; a failed write (a full disk) removes its temporary file and
 raises ``DataError`` naming the cause. A model or velocity with a non-finite value is never saved
 (``Diverged``).
+
+A checkpoint is data, never code: it holds only tensors, numbers, strings, booleans, None, lists and dicts
+(the config and history as plain types), and ``load`` reads it with ``torch.load(weights_only=True)``,
+whose unpickler builds nothing else. A ``.pt`` that it refuses (a pickle that would call a function, such as
+someone else's file with code in it) raises ``DataError`` naming the file and what it refers to, before
+anything in it is run. The format has held only these types since its first version: no conversion is
+needed for earlier checkpoints of this project, and none is offered for other programs' files.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 
 import torch
 
@@ -81,8 +90,24 @@ def save(path: str, module, optimizer, scheduler, scaler, state: dict, history: 
     report.write_atomic(path, lambda f: torch.save(ckpt, f))
 
 
-def load(path: str) -> dict:
-    return torch.load(resolve(path), map_location="cpu", weights_only=False)
+def load(path: str):
+    """The checkpoint at ``path`` (a file or a run folder), read as data only; else ``DataError``."""
+    path = resolve(path)
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:   # weights_only refused it: it names a function or a class to build
+        raise DataError(f"{path} is not loaded: {_refused_because(str(e))}, which a checkpoint of train.run "
+                        f"never holds (read as data only: nothing in it was run)") from None
+    except Exception as e:  # noqa: BLE001  (a missing, truncated or foreign file: torch raises many kinds)
+        raise DataError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
+
+
+def _refused_because(message: str) -> str:
+    """What torch's weights_only unpickler refused, from its (long, multi-line) message."""
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    if m:
+        return f"it refers to {m[1]}"
+    return "it holds objects other than tensors, numbers, strings, lists and dicts"
 
 
 def check(ckpt, path: str) -> dict:

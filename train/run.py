@@ -48,7 +48,7 @@ from tqdm import tqdm  # noqa: E402
 from alexnet.launch import LaunchError, LaunchInterrupted  # noqa: E402
 from alexnet.model import AlexNet, AlexNetConfig  # noqa: E402
 from alexnet.parallel import init_distributed, launch, parallelize  # noqa: E402
-from train import checkpoint, progress, report  # noqa: E402
+from train import checkpoint, report  # noqa: E402
 from train.data import (  # noqa: E402
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
@@ -178,8 +178,7 @@ def parse_args(argv=None) -> dict:
                    help="when to also measure the 10-crop error: after the last epoch, every epoch, never "
                         "(final)")
     g.add_argument("--log-every", type=int, help="also print the loss every N steps (0: per epoch only)")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar (without a terminal: no progress lines)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return vars(p.parse_args(argv))
 
 
@@ -197,11 +196,7 @@ def resolve_config(given: dict) -> tuple[dict, dict | None]:
             path = checkpoint.resolve(given[key])
             if not os.path.isfile(path):
                 raise DataError(f"no checkpoint at {given[key]}")
-            try:
-                ckpt = checkpoint.load(path)
-            except Exception as e:  # noqa: BLE001  (torch.load raises many kinds)
-                raise DataError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-            checkpoint.check(ckpt, path)
+            ckpt = checkpoint.check(checkpoint.load(path), path)
     given = dict(given)
     if ckpt is not None:
         cfg = dict(ckpt["config"])
@@ -296,7 +291,7 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
     ctx = init_distributed(tp_size=cfg["gpus"])
     if ctx.device.type == "cpu" and ctx.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
-    log = progress.write if ctx.is_main else (lambda msg: None)   # above the bar, or a flushed line
+    log = (lambda msg: tqdm.write(msg, file=sys.stdout)) if ctx.is_main else (lambda msg: None)
     run_dir = cfg["out"]
 
     # data: the paper's preprocessing, with the mean and PCA from ImageNet or from the training set
@@ -448,13 +443,13 @@ def _at_best_epoch(state: dict, history: list) -> bool:
 
 
 def _holds(path: str, state: dict) -> bool:
-    """Whether the checkpoint at ``path`` was saved at this state's step (read without loading tensors)."""
+    """Whether the checkpoint at ``path`` was saved at this state's step."""
     try:
-        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)["state"]
-    except Exception:  # noqa: BLE001  (missing, truncated, not a checkpoint: not the one wanted)
+        saved = checkpoint.load(path)["state"]   # (memory-mapped: the weights are not read)
+        return (saved["epoch"], saved["step"], saved["global_step"]) == \
+            (state["epoch"], state["step"], state["global_step"])
+    except (DataError, LookupError, TypeError):  # missing, truncated, refused, not a checkpoint: not the one
         return False
-    return (saved["epoch"], saved["step"], saved["global_step"]) == \
-        (state["epoch"], state["step"], state["global_step"])
 
 
 def _bad_image(e: BadImage, save, last: str, ctx, run_dir: str) -> DataError:
