@@ -48,7 +48,7 @@ from tqdm import tqdm  # noqa: E402
 from alexnet.launch import LaunchError, LaunchInterrupted  # noqa: E402
 from alexnet.model import AlexNet, AlexNetConfig  # noqa: E402
 from alexnet.parallel import init_distributed, launch, parallelize  # noqa: E402
-from train import checkpoint, report  # noqa: E402
+from train import checkpoint, progress, report  # noqa: E402
 from train.data import (  # noqa: E402
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
@@ -178,7 +178,8 @@ def parse_args(argv=None) -> dict:
                    help="when to also measure the 10-crop error: after the last epoch, every epoch, never "
                         "(final)")
     g.add_argument("--log-every", type=int, help="also print the loss every N steps (0: per epoch only)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (without a terminal: no progress lines)")
     return vars(p.parse_args(argv))
 
 
@@ -291,7 +292,7 @@ def worker(cfg: dict, classes: list, train_samples: list, val_samples: list) -> 
     ctx = init_distributed(tp_size=cfg["gpus"])
     if ctx.device.type == "cpu" and ctx.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
-    log = (lambda msg: tqdm.write(msg, file=sys.stdout)) if ctx.is_main else (lambda msg: None)
+    log = progress.write if ctx.is_main else (lambda msg: None)   # above the bar, or a flushed line
     run_dir = cfg["out"]
 
     # data: the paper's preprocessing, with the mean and PCA from ImageNet or from the training set
