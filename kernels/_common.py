@@ -225,7 +225,7 @@ class Launch:
 def recording(callback):
     """Inside this block every op takes its Triton path on any tensor (CPU tensors too) and, instead
     of launching, hands each launch to ``callback(Launch)``; outputs are left unwritten. Used by
-    ``bench/sass_cost.py`` to compile exactly what a launch would, without a GPU."""
+    ``bench/tools/sass_cost.py`` to compile exactly what a launch would, without a GPU."""
     previous = getattr(_state, "recorder", None)
     _state.recorder = callback
     try:

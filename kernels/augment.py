@@ -12,12 +12,12 @@ per-sample seeds as the CPU transform (train/gpu_loader.py), so both loaders giv
 source is uint8, (N, 3, H, W) (``torchvision.io.decode_jpeg``'s layout) or (N, H, W, 3); the output is
 (M, 3, crop, crop) in float32, float16 or bfloat16, NCHW or channels_last.
 
-Cost (the budget is ~6 thread-instructions per minimal byte, bench/README.md): a program owns a
+Cost (the budget is ~6 thread-instructions per minimal byte, bench/tools/README.md): a program owns a
 BLOCK_R x BLOCK_C tile of one output image (rows from the program id, contiguous columns from an arange;
 the last tiles overlap their neighbours instead of masking), reads the image's crop corner, flip and colour
 shift once, computes the flip per column, and per element and channel does an address, a byte load, a
 convert, one FMA, a convert to the output type and a store. Per-image offsets are int64 scalars,
-per-element ones int32. Read from the sm_90a SASS (bench/sass_cost.py's machinery, batch 256, 256x256
+per-element ones int32. Read from the sm_90a SASS (bench/tools/sass_cost.py's machinery, batch 256, 256x256
 images, 227x227 crops; ``python bench/data_path.py --sass``): ~12 thread-instructions per element and
 channel, 2.6 per minimal byte into float32 (1 + 4 bytes), 4.8 into bfloat16 (1 + 2), no spills.
 """
