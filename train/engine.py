@@ -15,8 +15,8 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from train import progress
 from train.data import DataError
 
 
@@ -136,8 +136,8 @@ def train_one_epoch(module, loader, optimizer, scaler, state: dict, cfg: dict, c
     if state["step"] >= epoch_steps:    # resumed after the epoch's last step (before its evaluation)
         return "done"
     module.train()
-    bar = tqdm(total=epoch_steps, initial=state["step"], desc=f"epoch {state['epoch'] + 1}/{cfg['epochs']}",
-               disable=not ctx.is_main or not cfg["progress"], leave=False, dynamic_ncols=True)
+    bar = progress.bar(epoch_steps, f"epoch {state['epoch'] + 1}/{cfg['epochs']}", unit="step",
+                       initial=state["step"], enabled=ctx.is_main and cfg["progress"], leave=False)
     t_last = time.perf_counter()
     status = "done"
     try:
@@ -172,9 +172,10 @@ def train_one_epoch(module, loader, optimizer, scaler, state: dict, cfg: dict, c
             state["seconds"] += now - t_last
             t_last = now
             if ctx.is_main:
-                bar.update(1)
+                # the postfix before the update, so that a progress line (train/progress.py) shows this step's
                 bar.set_postfix(loss=f"{loss_value:.4f}",
                                 img_s=f"{state['images'] * ctx.dp_size / max(state['seconds'], 1e-9):.0f}")
+                bar.update(1)
                 if cfg["log_every"] and state["global_step"] % cfg["log_every"] == 0:
                     log(f"step {state['global_step']} (epoch {state['epoch'] + 1}, "
                         f"{state['step']}/{epoch_steps}) loss {loss_value:.6f}")

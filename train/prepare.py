@@ -6,10 +6,11 @@
 Krizhevsky et al. (2012), section 2: "we down-sampled the images to a fixed resolution of 256 x 256 ...
 rescaled the image such that the shorter side was of length 256, and then cropped out the central 256 x 256
 patch". This writes that patch of every image of an ImageFolder tree (train/<class>/, val/<class>/) as a
-JPEG (quality 90 by default) under the same relative path, on all cores, with a progress bar. The resize is
-the training code's own (``train.data.Preprocess``: torchvision's antialiased bilinear resize of the shorter
-side, then the central crop), so a prepared image is exactly what ``train.run`` would have computed from
-the original before its random crop, up to the JPEG re-encoding.
+JPEG (quality 90 by default) under the same relative path, on all cores, with a progress bar (without a
+terminal, a line every 30 s: train/progress.py). The resize is the training code's own
+(``train.data.Preprocess``: torchvision's antialiased bilinear resize of the shorter side, then the central
+crop), so a prepared image is exactly what ``train.run`` would have computed from the original before its
+random crop, up to the JPEG re-encoding.
 
 Resumable and idempotent: each file is written to a temporary name in its folder and renamed when complete,
 so a killed run leaves no half-written image; a rerun skips every file already there (and deletes the
@@ -39,9 +40,9 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from tqdm import tqdm
 
 from train.data import MANIFEST, DataError, load_image, scan_image_folders
+from train.progress import bar as progress_bar
 
 FORMAT = "alexnet-triton prepared ImageFolder"
 VERSION = 1
@@ -171,7 +172,7 @@ def prepare(src: str, out: str, size: int = 256, quality: int = 90, workers: int
     counts = dict(written=0, kept=0, bad=0)
     bad, bad_train = [], 0
     t0 = time.perf_counter()
-    bar = tqdm(total=len(jobs), unit="img", disable=not progress, dynamic_ncols=True, smoothing=0.05)
+    bar = progress_bar(len(jobs), "images", unit="img", enabled=progress, smoothing=0.05)
     chunk = max(1, min(64, len(jobs) // (workers * 8)))
     pool = get_context("fork").Pool(workers, _init_worker) if workers > 1 else None
     try:
@@ -231,7 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable images (listed in the manifest) instead of stopping")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (without a terminal: no progress lines)")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
