@@ -11,6 +11,7 @@ Conventions (see ../shared/DESIGN.md and issue 2):
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -92,6 +93,20 @@ def grad_tol(dtype: torch.dtype, expected: torch.Tensor) -> Tol:
     scale = float(finite.abs().max()) if finite.numel() else 0.0
     return Tol(atol=tol.atol + 2 * tol.rtol * scale, rtol=tol.rtol,
                reason=tol.reason + "; normwise for cancellation in the backward")
+
+
+def pool_grad_tol(dtype, kernel, stride, grad_out) -> Tol:
+    """Exact where no two windows can send their gradient to the same input (stride >= kernel); else
+    an input's gradient is a float32 sum of up to ceil(k/s)^2 terms added in another order, rounded
+    once to the dtype: 1 ulp of the dtype plus the float32 sum's rounding (normwise)."""
+    kh, kw = pair(kernel)
+    sh, sw = pair(stride, kernel)
+    overlap = math.ceil(kh / sh) * math.ceil(kw / sw)
+    if overlap == 1:
+        return EXACT
+    gmax = float(grad_out.abs().max()) if grad_out.numel() else 0.0
+    return Tol(atol=overlap * torch.finfo(torch.float32).eps * gmax, rtol=torch.finfo(dtype).eps,
+               reason=f"up to {overlap} window gradients summed in float32 in another order")
 
 
 # ----------------------------------------------------------------------------------------------
