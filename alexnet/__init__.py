@@ -27,6 +27,15 @@ def check_kernels() -> None:
 
 check_kernels()
 
-from .model import AlexNet, AlexNetConfig, saved_activation_bytes  # noqa: E402
-
 __all__ = ["AlexNet", "AlexNetConfig", "saved_activation_bytes", "check_kernels"]
+
+
+def __getattr__(name: str):
+    """The model's names load on first use, and torch with them: ``import alexnet`` stays cheap, so that
+    ``python -m train.run`` checks ``kernels`` (train/__init__.py) before its Ctrl-C handler is in place
+    without spending the seconds torch takes to import."""
+    if name in ("AlexNet", "AlexNetConfig", "saved_activation_bytes"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
