@@ -1,12 +1,17 @@
 """bench/tools/sass_cost.py's reading of SASS: loops, their weighting by trip counts, memory widths,
 occupancy.
 
-Synthetic SASS and TTIR only (compiling real kernels is tests/test_compile_sm.py's job, in a process
-without the interpreter)."""
+Synthetic SASS and TTIR, and one real kernel (relu_lrn's forward, compiled in a process without the
+interpreter) for the report's other limits: special-function instructions, waves, loop code size.
+Compiling every launch is tests/test_compile_sm.py's job."""
 
 import importlib.util
+import json
 import os
+import re
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -131,3 +136,132 @@ def test_minimal_bytes_follow_the_bench_model(sc):
     assert sc.minimal_bytes("max_pool2d", "fwd", 36, 4, 4) == 36 * 4 + 4 * 4 + 4
     assert sc.minimal_bytes("relu_lrn_max_pool2d", "bwd", 36, 4, 2) == 2 * 36 * 2 + 4 * 2 + 4
     assert sc.minimal_bytes("relu_dropout", "bwd", 8, 8, 4) == 96
+
+
+# ------------------------------------------------------------------- the other limits (issue 19, item 8)
+
+SPECIAL = _sass(
+    (0x00, "LDC R1, c[0x0][0x28]"),
+    (0x10, "MUFU.RCP R2, R3"),  # once
+    (0x20, "MUFU.EX2 R4, R5"),  # outer loop: 0x20 .. 0x60
+    (0x30, "@P0 MUFU.RSQ R6, R7"),  # inner loop: 0x30 .. 0x40
+    (0x40, "@P0 BRA 0x30"),
+    (0x50, "ISETP.NE.AND P1, PT, R6, RZ, PT"),
+    (0x60, "@P1 BRA 0x20"),
+    (0x70, "EXIT"),
+    (0x80, "BRA 0x80"),
+)
+
+
+def test_mufu_weighted_by_trips_and_loop_bytes(sc):
+    r = sc.analyse_sass(SPECIAL, (3, 4), num_warps=2)
+    assert r["loops_matched"], r["notes"]
+    assert r["mufu_per_program"] == {"MUFU.EX2": 3 * 64, "MUFU.RCP": 64, "MUFU.RSQ": 3 * 4 * 64}
+    # 16 bytes an instruction, from the loop's first instruction to its closing branch
+    assert [(lp["instructions"], lp["bytes"]) for lp in r["loops"]] == [(5, 0x50), (2, 0x20)]
+    assert sc.analyse_sass(NESTED, (3, 4), num_warps=2)["mufu_per_program"] == {}
+
+
+def test_waves_and_binding_limit(sc):
+    assert sc.SM_COUNT == 132 and sc.ISSUE_LANES // sc.MUFU_LANES == 8
+    # the issue's example: the fused block forward, 588 programs of 4 warps at 12 resident warps per SM
+    per_sm, w = sc.waves(588, 12, 4)
+    assert per_sm == 3 and w == pytest.approx(588 / 396) and f"{w:.2f}" == "1.48"
+    assert sc.waves(10, 0, 4) == (0, float("inf"))  # nothing fits
+    equiv, bound = sc.binding_limit(5.67, 0.63)
+    assert equiv == pytest.approx(5.04) and bound == "issue"
+    assert sc.binding_limit(2.0, 0.3) == (pytest.approx(2.4), "MUFU")
+
+
+def test_row_and_table_carry_the_other_limits(sc):
+    import torch
+
+    from kernels._common import Launch
+    launch = Launch("relu_lrn_fwd", None, (1000,), (), {}, 4, (3, 4), torch.device("cpu"))
+    # 128 registers x 128 threads: 4 programs of 4 warps fit the 64k registers of an SM
+    compiled = dict(name="relu_lrn_fwd", function="k", num_warps=4, num_stages=1, constexprs={},
+                    signature={}, aligned=[], trips=[3, 4], registers=128, spill_bytes=0, stack=0, local=0,
+                    shared=0, occupancy_warps=sc.occupancy_warps(128, 4, 0), sass=SPECIAL, ttir=None)
+    nx = 64_000
+    case = dict(op="relu_lrn", shape=[1, 1, 1, nx], direction="fwd", dtype="float32", layout="nchw",
+                nx=nx, ny=nx, am=1)
+    row = sc._row(case, [launch], [compiled])
+    mb = sc.minimal_bytes("relu_lrn", "fwd", nx, nx, 4)
+    mufu = (1 + 3 + 12) * 128 * 1000
+    assert row["mufu_per_byte"] == round(mufu / mb, 3)
+    assert row["mufu_issue_equivalent_per_byte"] == round(8 * mufu / mb, 2)
+    per_byte = (2 + 3 * (3 + 4 * 2) + 1) * 128 * 1000 / mb  # the SASS's 8 instructions, weighted
+    assert row["instructions_per_byte"] == round(per_byte, 2)
+    assert row["binding_limit"] == "MUFU" and 8 * mufu / mb > per_byte  # 32 against 9 per byte
+    assert row["programs"] == [1000] and row["programs_per_sm"] == [4]
+    assert row["waves"] == [round(1000 / (4 * 132), 4)]
+    assert row["largest_loop_bytes"] == 0x50 and not row["loop_over_icache_flag"]
+    line = sc.table([row])[2]
+    assert f"| {row['mufu_per_byte']:.2f} ({row['mufu_issue_equivalent_per_byte']:.1f}) | " in line
+    assert "| 16 | 1.89 (4/SM) | 0.1 |" in line
+    assert len(line.split("|")) == len(sc.table([row])[0].split("|"))
+
+
+# Runs in a fresh process without TRITON_INTERPRET (compiling needs real @triton.jit functions): one real
+# row, relu_lrn's forward in float32 at conv1's shape, one kernel (a second or two of ptxas with Triton's
+# cache cold; tests/test_compile_sm.py, earlier in the suite, compiles the same launch).
+_REAL_ROW = textwrap.dedent(r"""
+    import json, math
+    import bench.tools.sass_cost as sc
+
+    spec = sc.OPS["relu_lrn"]
+    shape = (sc.BATCH, *spec.shapes[0])
+    fwd, _, nx, ny = sc.capture(spec.call, shape, sc.DTYPES["float32"], "nchw", backward=False)
+    (compiled,), = sc.compile_all(fwd, (90,), processes=1, sass=True)
+    case = dict(op="relu_lrn", shape=list(shape), direction="fwd", dtype="float32", layout="nchw",
+                nx=nx, ny=ny, am=1)
+    row = sc._row(case, fwd, [compiled])
+    print(json.dumps(dict(row=row, sass=compiled["sass"], table=sc.table([row]),
+                          programs=math.prod(fwd[0].grid), threads=32 * fwd[0].num_warps), default=str))
+""")
+
+
+@pytest.fixture(scope="module")
+def real_row():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _REAL_ROW], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_real_row_mufu_recounted_from_the_sass(sc, real_row):
+    row, d = real_row["row"], real_row["row"]["kernel_details"][0]
+    assert "error" not in row and row["loops_matched"], row.get("note")
+    # an independent recount: every MUFU line of the disassembly, weighted by the trips of the loops
+    # (address ranges) it lies in; the LRN's s^-beta needs the special-function pipe
+    mufu = 0.0
+    for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?MUFU\.", real_row["sass"]):
+        addr, w = int(m.group(1), 16), 1.0
+        for lp in d["loops"]:
+            if int(lp["start"], 16) <= addr <= int(lp["end"], 16):
+                w *= lp["trips"]
+        mufu += w
+    assert mufu > 0
+    per_byte = mufu * real_row["threads"] * real_row["programs"] / row["minimal_bytes"]
+    assert row["mufu_per_byte"] == pytest.approx(per_byte, abs=1e-3)
+    assert row["mufu_issue_equivalent_per_byte"] == pytest.approx(8 * per_byte, abs=0.01)
+    bound = "MUFU" if 8 * per_byte > row["instructions_per_byte"] else "issue"
+    assert row["binding_limit"] == bound
+
+
+def test_real_row_waves_and_loop_code(sc, real_row):
+    row, d = real_row["row"], real_row["row"]["kernel_details"][0]
+    per_sm = d["occupancy_warps"] // d["num_warps"]
+    assert d["occupancy_warps"] == sc.occupancy_warps(d["registers"], d["num_warps"], d["shared"])
+    assert row["programs"] == [real_row["programs"]] and row["programs_per_sm"] == [per_sm] and per_sm >= 1
+    assert row["waves"][0] == pytest.approx(real_row["programs"] / (per_sm * 132), abs=1e-4)
+    addrs = [int(a, 16) for a in re.findall(r"^\s*/\*([0-9a-f]{4,})\*/", real_row["sass"], re.M)]
+    assert d["loops"]
+    for lp in d["loops"]:  # 16 bytes an instruction, with no gap inside a loop
+        start, end = int(lp["start"], 16), int(lp["end"], 16)
+        assert lp["bytes"] == end - start + 16 == 16 * sum(1 for a in addrs if start <= a <= end)
+    assert row["largest_loop_bytes"] == max(lp["bytes"] for lp in d["loops"])
+    assert row["loop_over_icache_flag"] == (row["largest_loop_bytes"] > 32 * 1024)
+    assert f"| {row['waves'][0]:.2f} ({per_sm}/SM) |" in real_row["table"][2]

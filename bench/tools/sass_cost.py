@@ -14,8 +14,10 @@ memory (``cuobjdump -res-usage``), spill bytes (the ``ptxas -v`` log of Triton's
 rerun with Triton's flags when the kernel came from Triton's cache), occupancy, and the dynamic
 instruction count per program: SASS loops (a backward branch closes one) weighted by the launch's
 declared trip counts (and, for loops of constant count, the count in the TTIR), nested loops
-multiplied. The result is an estimate that a GPU run (Nsight Compute's executed instructions) must
-confirm.
+multiplied. Beside instructions per byte, the report's other limits: special-function (MUFU)
+instructions per byte against that pipe's 16 lanes, waves per launch on 132 SMs, and each loop's code
+size (bench/tools/README.md, "Other limits"). The result is an estimate that a GPU run (Nsight Compute's
+executed instructions) must confirm.
 
 The capture and compile machinery (``capture``, ``compile_launch``, ``compile_all``, ``analyse_sass``)
 is reused by tests/test_compile_sm.py. Must run without TRITON_INTERPRET (the kernels have to be real
@@ -83,6 +85,24 @@ SM_LIMITS = {
 # The budget: ~30 T thread-instructions/s (132 SMs x 4 schedulers x 32 lanes x ~1.75 GHz) against ~3.4 TB/s
 # (80% of an H200's copy bandwidth), at ~70% issue efficiency: about 6 thread-instructions per byte.
 TARGET_PER_BYTE = {"nchw": 6.0, "channels_last": 12.0}
+
+# The report's other limits (bench/tools/README.md, "Other limits"):
+# - SM count of an H100 SXM5 (NVIDIA H100 Tensor Core GPU Architecture whitepaper, 2022: 132 SMs; the H100
+#   PCIe has 114, the H200 132): waves per launch = programs / (programs resident per SM x SM_COUNT).
+SM_COUNT = 132
+# - Issue lanes and special-function (MUFU: ex2, lg2, rcp, rsq, sqrt, sin, cos, tanh) lanes per clock per SM
+#   on sm_90: 4 schedulers x 32 lanes; 16 results per clock (CUDA C++ Programming Guide, "Arithmetic
+#   Instructions" throughput table, compute capability 9.0). One MUFU thread-instruction holds its pipe
+#   as long as ISSUE_LANES / MUFU_LANES = 8 thread-instructions hold the issue slots.
+ISSUE_LANES = 128
+MUFU_LANES = 16
+# - SASS instructions are 16 bytes each from sm_70 on (one 128-bit word with its control bits). NVIDIA
+#   publishes no instruction-cache size; microbenchmarks of Volta (Jia et al. 2018, arXiv:1804.06826) found
+#   ~12 KiB of L0 per scheduler and ~128 KiB of L1 instruction cache per SM. No Hopper figure is known
+#   here: loops whose code is over ICACHE_FLAG_BYTES are flagged, a threshold to check with Nsight Compute
+#   (stall reason "no instruction"), not a measured size.
+SASS_INSTR_BYTES = 16
+ICACHE_FLAG_BYTES = 32 * 1024
 BUDGET = ("An H100/H200 issues about 132 SMs x 4 schedulers x 32 lanes x ~1.75 GHz = ~30 T "
           "thread-instructions/s; 80% of an H200's ~4.3 TB/s copy bandwidth is ~3.4 TB/s, so at ~70% issue "
           "efficiency a kernel that runs at memory speed may spend about 6 thread-instructions per minimal "
@@ -397,6 +417,21 @@ def occupancy_warps(registers: int, num_warps: int, shared: int, arch: int = 90)
     if shared:
         blocks = 0 if shared > lim["smem_block"] else min(blocks, lim["smem"] // (shared + 1024))
     return blocks * num_warps
+
+
+def waves(programs: int, occupancy: int, num_warps: int, sm_count: int = SM_COUNT) -> tuple[int, float]:
+    """(programs resident per SM, waves): ``programs`` over the programs all SMs hold at once, with
+    ``occupancy`` resident warps per SM (``occupancy_warps``). 1.48 waves: the second wave is half full, so
+    about a quarter of the SMs' time at the end runs nothing (programs of equal length)."""
+    per_sm = occupancy // num_warps
+    return per_sm, (programs / (per_sm * sm_count) if per_sm else math.inf)
+
+
+def binding_limit(per_byte: float, mufu_per_byte: float) -> tuple[float, str]:
+    """(MUFU's issue-slot equivalent per byte, the binding limit "issue" or "MUFU"): the special-function
+    pipe takes MUFU_LANES thread-instructions a clock per SM against ISSUE_LANES issued."""
+    equiv = mufu_per_byte * ISSUE_LANES / MUFU_LANES
+    return equiv, ("MUFU" if equiv > per_byte else "issue")
 
 
 # Worker state for the fork pool: the launches are inherited, not pickled (tensors of 100+ MB).
@@ -746,13 +781,15 @@ def analyse_sass(sass: str, trips, num_warps: int, ttir: str | None = None) -> d
                 w *= lp.trips if lp.trips is not None else 1.0
         weights[ins.addr] = w
     warp_instr = sum(weights[i.addr] for i in main)
-    loads, stores = Counter(), Counter()
+    loads, stores, mufu = Counter(), Counter(), Counter()
     for ins in main:
         family = ins.opcode.split(".")[0]
         if family == "LDG":
             loads[ins.opcode] += weights[ins.addr]
         elif family == "STG":
             stores[ins.opcode] += weights[ins.addr]
+        elif family == "MUFU":
+            mufu[ins.opcode] += weights[ins.addr]
     threads = 32 * num_warps
     return dict(
         sass_instructions=len(instrs),
@@ -762,9 +799,12 @@ def analyse_sass(sass: str, trips, num_warps: int, ttir: str | None = None) -> d
         stores_per_program={k: v * threads for k, v in stores.items()},
         load_bytes_per_program=sum(v * threads * _mem_width(k) / 8 for k, v in loads.items()),
         store_bytes_per_program=sum(v * threads * _mem_width(k) / 8 for k, v in stores.items()),
+        mufu_per_program={k: v * threads for k, v in sorted(mufu.items())},
         source_loops=[dict(depth=s.depth, constant=s.const, trips=s.trips) for s in src],
+        # bytes: the loop's code from its first instruction to its closing branch (inner loops included)
         loops=[dict(start=hex(lp.start), end=hex(lp.end), depth=lp.depth, trips=lp.trips,
-                    instructions=sum(1 for i in main if lp.start <= i.addr <= lp.end)) for lp in loops],
+                    instructions=sum(1 for i in main if lp.start <= i.addr <= lp.end),
+                    bytes=lp.end - lp.start + SASS_INSTR_BYTES) for lp in loops],
         loops_matched=declared_ok and mapped_ok,
         notes=notes,
     )
@@ -834,16 +874,19 @@ def _row(c: dict, launches, ks: list[dict]) -> dict:
     if errors or not ks:
         row.update(error="; ".join(errors) or "no launch recorded", target_ok=False, loops_matched=False)
         return row
-    total = 0.0
+    total = mufu_total = 0.0
     loads, stores = Counter(), Counter()
     lbytes = sbytes = 0.0
     notes = []
     details = []
     for launch, compiled in zip(launches, ks):
         k = {**compiled, **analyse_launch(launch, compiled)}
-        details.append({key: k[key] for key in _DETAILS})
         programs = math.prod(launch.grid)
+        per_sm, w = waves(programs, k["occupancy_warps"], k["num_warps"])
+        k.update(programs=programs, programs_per_sm=per_sm, waves=round(w, 4) if per_sm else None)
+        details.append({key: k[key] for key in _DETAILS})
         total += k["thread_instructions_per_program"] * programs
+        mufu_total += sum(k["mufu_per_program"].values()) * programs
         for key, v in k["loads_per_program"].items():
             loads[key] += v * programs
         for key, v in k["stores_per_program"].items():
@@ -852,10 +895,20 @@ def _row(c: dict, launches, ks: list[dict]) -> dict:
         sbytes += k["store_bytes_per_program"] * programs
         notes += [f"{k['name']}: {n}" for n in k["notes"]]
     per_byte = total / mb
+    mufu_equiv, bound = binding_limit(per_byte, mufu_total / mb)
+    loop_bytes = max((lp["bytes"] for d in details for lp in d["loops"]), default=0)
     spill = max(k["spill_bytes"] for k in ks)
     target = TARGET_PER_BYTE[c["layout"]]
     row.update(
         instructions_per_byte=round(per_byte, 2),
+        mufu_per_byte=round(mufu_total / mb, 3),
+        mufu_issue_equivalent_per_byte=round(mufu_equiv, 2),
+        binding_limit=bound,
+        programs=[d["programs"] for d in details],
+        programs_per_sm=[d["programs_per_sm"] for d in details],
+        waves=[d["waves"] for d in details],
+        largest_loop_bytes=loop_bytes,
+        loop_over_icache_flag=loop_bytes > ICACHE_FLAG_BYTES,
         instructions_per_element=round(total / nx, 1),
         **({"instructions_per_output": round(total / ny, 1)} if OPS[c["op"]].pool and c["direction"] == "fwd"
            else {}),
@@ -879,8 +932,8 @@ def _row(c: dict, launches, ks: list[dict]) -> dict:
 
 _DETAILS = ("name", "function", "grid", "num_warps", "num_stages", "constexprs", "signature", "aligned",
             "trips", "registers", "spill_bytes", "stack", "local", "shared", "occupancy_warps",
-            "sass_instructions", "warp_instructions_per_program", "source_loops", "loops", "loops_matched",
-            "notes")
+            "programs", "programs_per_sm", "waves", "sass_instructions", "warp_instructions_per_program",
+            "mufu_per_program", "source_loops", "loops", "loops_matched", "notes")
 
 
 def _fmt_mem(d: dict) -> str:
@@ -889,23 +942,29 @@ def _fmt_mem(d: dict) -> str:
 
 
 def table(rows) -> list[str]:
-    head = ("| op | shape | dir | dtype | layout | kernels | instr/B | instr/elem | regs | spill | "
-            "warps/SM | loads/elem | stores/elem | loops | ok |")
-    lines = [head, "|" + "---|" * 15]
+    head = ("| op | shape | dir | dtype | layout | kernels | instr/B | MUFU/B (x8) | bound | instr/elem | "
+            "regs | spill | warps/SM | waves | loop KiB | loads/elem | stores/elem | loops | ok |")
+    lines = [head, "|" + "---|" * 19]
     for r in rows:
         if "error" in r:
             shape = "x".join(map(str, r["shape"]))
             lines.append(f"| {r['op']} | {shape} | {r['direction']} | {r['dtype']} | "
-                         f"{r['layout']} | {', '.join(r['kernels'])} | ERROR | | | | | | | | no |")
+                         f"{r['layout']} | {', '.join(r['kernels'])} | ERROR |" + " |" * 11 + " no |")
             continue
         per_el = f"{r['instructions_per_element']:.0f}"
         if "instructions_per_output" in r:
             per_el += f" ({r['instructions_per_output']:.0f}/out)"
+        mufu = f"{r['mufu_per_byte']:.2f} ({r['mufu_issue_equivalent_per_byte']:.1f})"
+        wv = ", ".join("none fit" if w is None else f"{w:.2f} ({n}/SM)"
+                       for w, n in zip(r["waves"], r["programs_per_sm"]))
+        loop_kb = ("-" if not r["largest_loop_bytes"] else f"{r['largest_loop_bytes'] / 1024:.1f}"
+                   + ("*" if r["loop_over_icache_flag"] else ""))
         lines.append(
             f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['direction']} | {r['dtype']} | "
-            f"{r['layout']} | {', '.join(r['kernels'])} | {r['instructions_per_byte']:.1f} | {per_el} | "
-            f"{r['registers']} | "
-            f"{r['spill_bytes']} | {r['occupancy_warps']} | {_fmt_mem(r['loads_per_element'])} | "
+            f"{r['layout']} | {', '.join(r['kernels'])} | {r['instructions_per_byte']:.1f} | {mufu} | "
+            f"{r['binding_limit']} | {per_el} | {r['registers']} | "
+            f"{r['spill_bytes']} | {r['occupancy_warps']} | {wv} | {loop_kb} | "
+            f"{_fmt_mem(r['loads_per_element'])} | "
             f"{_fmt_mem(r['stores_per_element'])} | {'yes' if r['loops_matched'] else 'NO'} | "
             f"{'yes' if r['target_ok'] else 'no'} |")
     return lines
@@ -983,6 +1042,8 @@ def main(argv=None) -> int:
                 run_seconds=round(elapsed, 1),  # far less with Triton's cache warm
                 distinct_kernels=len({id(r) for (r,) in results}),
                 budget=BUDGET, targets_per_byte=TARGET_PER_BYTE,
+                sm_count=SM_COUNT, issue_lanes_per_sm=ISSUE_LANES, mufu_lanes_per_sm=MUFU_LANES,
+                sass_instruction_bytes=SASS_INSTR_BYTES, icache_flag_bytes=ICACHE_FLAG_BYTES,
                 method=("static estimate from the SASS of each kernel compiled as the JIT would at "
                         "runtime (fake CUDA driver, sm_90a); loops weighted by the launches' declared mean "
                         "trip counts; every instruction of a loop body counted on every trip, both sides of "
@@ -1002,6 +1063,13 @@ def main(argv=None) -> int:
           "byte (bench/README.md's model); instr/elem: per input element (pool forwards: also per output); "
           "loads/stores per input element by SASS opcode (L = LDG, S = STG; widths in bits, no suffix = 32); "
           "loops: SASS loops matched the declared trips one-to-one. "
+          f"MUFU/B: special-function thread-instructions per minimal byte, and in brackets their issue-slot "
+          f"equivalent (x{ISSUE_LANES // MUFU_LANES}: {MUFU_LANES} MUFU lanes per clock per SM against "
+          f"{ISSUE_LANES} issue lanes); bound: the larger of instr/B and that equivalent (issue or MUFU). "
+          f"waves: programs / (programs resident per SM at the occupancy shown x {SM_COUNT} SMs, an H100 "
+          f"SXM), per launch. loop KiB: the largest loop's code ({SASS_INSTR_BYTES} bytes an instruction; "
+          f"- no loop), * over {ICACHE_FLAG_BYTES // 1024} KiB (a flag, not a measured instruction-cache "
+          "size). "
           f"Commit {meta['git_commit']}, torch {torch.__version__}.", "", *lines, ""]
     if skipped:
         md += ["Skipped: " + "; ".join(skipped), ""]
