@@ -292,7 +292,10 @@ def make_values(shape, kind: str, seed: int, dtype: torch.dtype = torch.float32,
     normal:  N(0, scale^2)
     wide:    N(0, 1) times a random power of ten in [1e-3, 1e2] per element
     ties:    small integers in [-3, 3] (many exact ties and zeros, exact in every dtype)
-    special: normal with zeros, -0.0, +-inf and NaN sprinkled in (~5% each)"""
+    special: normal with zeros, -0.0, +-inf and NaN sprinkled in (~5% each)
+    nonpositive: -|N(0, scale^2)| with 20% +0.0, 20% -0.0 and 5% positive values, so that after a ReLU
+             most windows hold only zeros and the sign of a pooled zero is decided by the first-maximum
+             rule (relu(-0.5) = +0.0, relu(-0.0) = -0.0)"""
     g = torch.Generator().manual_seed(seed)
     if kind == "normal":
         x = torch.randn(shape, generator=g) * scale
@@ -308,6 +311,12 @@ def make_values(shape, kind: str, seed: int, dtype: torch.dtype = torch.float32,
         x = torch.where((u >= 0.10) & (u < 0.15), torch.full_like(x, float("inf")), x)
         x = torch.where((u >= 0.15) & (u < 0.20), torch.full_like(x, float("-inf")), x)
         x = torch.where((u >= 0.20) & (u < 0.25), torch.full_like(x, float("nan")), x)
+    elif kind == "nonpositive":  # most windows hold nothing but zeros after a ReLU
+        x = -torch.randn(shape, generator=g).abs() * scale
+        u = torch.rand(shape, generator=g)
+        x = torch.where(u < 0.2, torch.zeros_like(x), x)
+        x = torch.where((u >= 0.2) & (u < 0.4), torch.full_like(x, -0.0), x)
+        x = torch.where(u >= 0.95, torch.rand(shape, generator=g) + 0.5, x)
     else:
         raise ValueError(kind)
     return x.to(dtype)

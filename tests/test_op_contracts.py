@@ -223,6 +223,25 @@ def test_saved_for_backward(op, dtype, layout, path):
     assert_close_verbose(dx, ref_dx, op.grad_tol(dtype, op.args, g, ref_dx), name=f"{op.name} saved backward")
 
 
+@pytest.mark.parametrize("fwd_path,bwd_path", [("triton", "torch"), ("torch", "triton")])
+@pytest.mark.parametrize("op", cases("op"))
+def test_backward_on_the_other_path(op, fwd_path, bwd_path):
+    """What the forward saves on one path (an argmax, the mark of a window without a positive element, a
+    seed) the backward on the other reads the same way (ties present, so the argmax's meaning matters)."""
+    x = to_memory_format(make_values(op.sample_shape, "ties", 19, torch.float32), "channels_last")
+    results = []
+    for paths in [(fwd_path, fwd_path), (fwd_path, bwd_path)]:
+        xk = x.detach().requires_grad_()
+        with on_path(paths[0]):
+            out = op.fn(xk, *op.args)
+        g = make_grad(out.shape, 19, torch.float32)
+        with on_path(paths[1]):
+            (grad,) = torch.autograd.grad(out, xk, g)
+        results.append(grad)
+    assert_close_verbose(results[1], results[0], op.grad_tol(torch.float32, op.args, g, results[0]),
+                         name=f"{op.name} {fwd_path}->{bwd_path}")
+
+
 # ---------------------------------------------------------------------------------------- eager fast path
 
 

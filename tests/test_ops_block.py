@@ -1,7 +1,8 @@
 """kernels.relu_lrn_max_pool2d == max_pool2d(relu_lrn(x)) of the op's own relu_lrn values: forward bit for
 bit and backward against that composition, forward against PyTorch within tolerance; exact ties (the
-gradient goes where PyTorch's sends it), NaN / inf, saved-for-backward bytes, gradcheck, opcheck, bad
-and empty input."""
+gradient goes where PyTorch's sends it), NaN / inf, the NCHW patch walks, offsets past 2^31 on a GPU.
+(The channels_last kernels: tests/test_ops_block_cl.py; what every op keeps, saved bytes, gradcheck,
+opcheck, bad and empty input among it: tests/test_op_contracts.py.)"""
 
 import pytest
 import torch
@@ -35,13 +36,10 @@ from tests._utils import (
     pool_params,
     pool_shapes,
     ref_forward_backward,
-    saved_storages,
     seeds,
     to_memory_format,
     value_kinds,
 )
-
-ERRORS = (TypeError, ValueError, RuntimeError)
 
 
 def own_composition(path, x, lrn, pool, g):
@@ -240,130 +238,35 @@ def test_relu_lrn_max_pool2d_nan_inf(path, dtype):
     assert out[0, 2:5, :2, :2].isnan().all()
 
 
-@pytest.mark.parametrize("op", ["max_pool2d", "relu_lrn_max_pool2d"])
-@pytest.mark.parametrize("fwd_path,bwd_path", [("triton", "torch"), ("torch", "triton")])
-def test_saved_argmax_means_the_same_on_both_paths(op, fwd_path, bwd_path):
-    """The argmax saved by the forward on one path is read by the backward on the other: both paths
-    keep it in the same form (ties present, so its meaning matters)."""
-    x = to_memory_format(make_values((2, 5, 9, 8), "ties", 19, torch.float32), "channels_last")
-    args = (3, 2, 1) if op == "max_pool2d" else (3, 0.3, 0.75, 2.0, 3, 2, 1)
-    fn = getattr(kernels, op)
-    results = []
-    for paths in [(fwd_path, fwd_path), (fwd_path, bwd_path)]:
-        xk = x.detach().requires_grad_()
-        with on_path(paths[0]):
-            out = fn(xk, *args)
-        with on_path(paths[1]):
-            (grad,) = torch.autograd.grad(out, xk, make_grad(out.shape, 19, torch.float32))
-        results.append(grad)
-    assert_close_verbose(results[1], results[0], TOLERANCES[torch.float32],
-                         name=f"{op} {fwd_path}->{bwd_path}")
+# ---------------------------------------------------------------- int32 overflow of channel offsets (GPU)
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_relu_lrn_max_pool2d_default_arguments(path):
-    x = make_values((1, 8, 9, 9), "normal", 9) * 20
-    with on_path(path):
-        out = kernels.relu_lrn_max_pool2d(x)
-    assert_close_verbose(out, reference.relu_lrn_max_pool2d(x, 5, 1e-4, 0.75, 2.0, 3, 2, 0),
-                         TOLERANCES[torch.float32], name="relu_lrn_max_pool2d defaults")
+@pytest.mark.cuda
+def test_cuda_channel_offsets_past_2_31():
+    """The fused block (3x3 stride 2) on (1, 3, 32768, 32769) in bfloat16 (channel 2 starts at element
+    2^31 + 65536): the last pooled rows 16381 and 16382 read input rows 32762-32766; input rows
+    32763-32766 get gradient from those rows only (32767 from none); the first rows too."""
+    from tests.test_ops_lrn import BIG_SHAPE, need_free_gpu_bytes
 
-
-def _gradcheck_input(shape, size, alpha, beta, k, pool):
-    """Positive inputs (away from the ReLU's kink) whose LRN output has no two values within 1e-3 in
-    any pooling window, so that gradcheck's eps cannot change an argmax."""
-    for s in range(100):
-        g = torch.Generator().manual_seed(s)
-        x = torch.rand(shape, generator=g, dtype=torch.float64) * 2 + 0.2
-        y = reference.relu_lrn(x, size, alpha, beta, k)
-        if not ambiguous_windows_gap(y, pool, 1e-3):
-            return x.requires_grad_()
-    raise AssertionError("no input without near ties found")
-
-
-def ambiguous_windows_gap(y, pool, gap):
-    kernel, stride, padding = pool
-    yp = torch.nn.functional.pad(y, (padding, padding, padding, padding), value=float("-inf"))
-    win = yp.unfold(2, kernel, stride).unfold(3, kernel, stride).flatten(-2)
-    top2 = win.topk(2, dim=-1).values
-    return bool(((top2[..., 0] - top2[..., 1]) < gap).any())
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("lrn,pool", [((5, 1e-4, 0.75, 2.0), (3, 2, 0)), ((4, 0.8, 0.6, 1.0), (2, 1, 1))])
-def test_relu_lrn_max_pool2d_gradcheck_float64(path, lrn, pool):
-    x = _gradcheck_input((1, 5, 5, 5), *lrn, pool)
-    with on_path(path):
-        assert torch.autograd.gradcheck(lambda t: kernels.relu_lrn_max_pool2d(t, *lrn, *pool), (x,),
-                                        eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
-
-
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-def test_relu_lrn_max_pool2d_opcheck(fmt):
-    op = custom_op("relu_lrn_max_pool2d")
-    x = to_memory_format(make_values((1, 6, 5, 5), "normal", 10), fmt).requires_grad_()
-    torch.library.opcheck(op, (x, 5, 1e-4, 0.75, 2.0, [3, 3], [2, 2], [0, 0]))
-    torch.library.opcheck(op, (x, 2, 0.5, 0.5, 1.0, [2, 3], [1, 2], [1, 1]))
-
-
-def saved_bytes(fn, x):
-    """Bytes saved for backward by ``fn(x)``, each storage counted once, the storages, and the output."""
-    storages, out = saved_storages(fn, x)
-    return sum(n for n, _, _ in storages.values()), storages, out
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-def test_relu_lrn_max_pool2d_saves_at_most_input_plus_one_byte_per_output(dtype, fmt):
-    x = to_memory_format(make_values((2, 8, 7, 7), "normal", 12, dtype), fmt).requires_grad_()
-    nbytes, storages, out = saved_bytes(kernels.relu_lrn_max_pool2d, x)
-    budget = x.numel() * x.element_size() + out.numel()
-    assert nbytes <= budget, f"saved {nbytes} bytes > budget {budget}: {list(storages.values())}"
-    assert not any(d == torch.int64 for _, d, _ in storages.values()), f"int64 saved: {storages}"
-    # the saved tensors still give the gradient of max_pool2d(relu_lrn(x)) (see check_block)
-    g = make_grad(out.shape, 12, dtype)
-    (grad,) = torch.autograd.grad(out, x, g)
-    own_grad = own_composition("triton", x, (5, 1e-4, 0.75, 2.0), (3, 2, 0), g)[1]
-    assert_close_verbose(grad, own_grad, grad_tol(dtype, own_grad), name="saved-tensor backward")
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_relu_lrn_max_pool2d_empty_batch(path, dtype):
-    x = torch.empty(0, 6, 9, 9, dtype=dtype, requires_grad=True)
-    with on_path(path):
-        out = kernels.relu_lrn_max_pool2d(x, 5, 1e-4, 0.75, 2.0, 3, 2, 0)
-        assert out.shape == (0, 6, 4, 4) and out.dtype == dtype
-        out.sum().backward()
-    assert x.grad.shape == x.shape
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
-def test_relu_lrn_max_pool2d_rejects_integer_dtypes(path, dtype):
-    with on_path(path), pytest.raises(ERRORS, match="relu_lrn_max_pool2d"):
-        kernels.relu_lrn_max_pool2d(torch.ones(1, 4, 5, 5, dtype=dtype))
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("shape", [(4, 5, 5), (25,), (1, 1, 4, 5, 5)])
-def test_relu_lrn_max_pool2d_rejects_wrong_rank(path, shape):
-    with on_path(path), pytest.raises(ERRORS, match="relu_lrn_max_pool2d"):
-        kernels.relu_lrn_max_pool2d(torch.ones(shape))
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("kwargs", [
-    pytest.param(dict(size=0), id="size0"),
-    pytest.param(dict(size=-3), id="size-neg"),
-    pytest.param(dict(kernel_size=0), id="kernel0"),
-    pytest.param(dict(stride=0), id="stride0"),
-    pytest.param(dict(stride=-1), id="stride-neg"),
-    pytest.param(dict(padding=-1), id="padding-neg"),
-    pytest.param(dict(padding=2), id="padding-over-half-kernel"),
-    pytest.param(dict(kernel_size=7), id="output-empty"),
-])
-def test_relu_lrn_max_pool2d_rejects_bad_parameters(path, kwargs):
-    x = torch.ones(1, 4, 5, 5)
-    with on_path(path), pytest.raises(ERRORS, match="relu_lrn_max_pool2d"):
-        kernels.relu_lrn_max_pool2d(x, **kwargs)
+    need_free_gpu_bytes(40 * 2**30)
+    dtype = torch.bfloat16
+    x = torch.randn(BIG_SHAPE, dtype=dtype, device="cuda").mul_(3.0).requires_grad_()
+    lrn, pool = (5, 0.5, 0.75, 2.0), (3, 2, 0)
+    out_shape = (1, 3, 16383, 16384)
+    dy = torch.randn(out_shape, dtype=dtype, device="cuda")
+    out = kernels.relu_lrn_max_pool2d(x, *lrn, *pool)
+    (dx,) = torch.autograd.grad(out, x, dy)
+    out, x = out.detach(), x.detach()
+    assert out.shape == out_shape
+    xs = x[:, :, 32762:32767]
+    own, own_dx = own_composition("triton", xs, lrn, pool, dy[:, :, 16381:16383])
+    ref, _ = ref_forward_backward(reference.relu_lrn_max_pool2d, xs, None, *lrn, *pool)
+    name = f"relu_lrn_max_pool2d {BIG_SHAPE} last rows"
+    assert torch.equal(bits(out[:, :, 16381:16383]), bits(own)), name + ": != max_pool2d(relu_lrn(rows))"
+    assert_close_verbose(out[:, :, 16381:16383], ref, TOLERANCES[dtype], name=name)
+    assert_close_verbose(dx[:, :, 32763:32767], own_dx[:, :, 1:], grad_tol(dtype, own_dx),
+                         name=name + " backward")
+    assert (dx[:, :, 32767] == 0).all(), name + ": the last input row is in no window"
+    own, own_dx = own_composition("triton", x[:, :, :5], lrn, pool, dy[:, :, :2])
+    assert torch.equal(bits(out[:, :, :2]), bits(own)), "first rows"
+    assert_close_verbose(dx[:, :, :3], own_dx[:, :, :3], grad_tol(dtype, own_dx), name="first rows backward")

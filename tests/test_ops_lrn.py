@@ -1,5 +1,6 @@
 """kernels.relu_lrn == F.local_response_norm(F.relu(x), size, alpha, beta, k): forward, backward,
-NaN / inf, dtypes, memory formats, gradcheck, opcheck, bad and empty input."""
+NaN / inf, dtypes, memory formats, window edges, the channel walks and tiles, offsets past 2^31 on a GPU.
+(What every op keeps, gradcheck, opcheck, bad and empty input among it: tests/test_op_contracts.py.)"""
 
 import pytest
 import torch
@@ -13,7 +14,6 @@ from tests._utils import (
     TOLERANCES,
     assert_close_verbose,
     assert_memory_format,
-    custom_op,
     dtypes,
     examples,
     grad_tol,
@@ -89,15 +89,6 @@ def test_relu_lrn_many_channels(path, size, fmt):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_relu_lrn_default_arguments(path):
-    x = make_values((2, 8, 5, 5), "normal", 3) * 20
-    with on_path(path):
-        out = kernels.relu_lrn(x)
-    assert_close_verbose(out, reference.relu_lrn(x, 5, 1e-4, 0.75, 2.0), TOLERANCES[torch.float32],
-                         name="relu_lrn defaults")
-
-
-@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_relu_lrn_nan_inf_propagate_across_the_window(path, dtype):
     """NaN in one channel makes its whole window NaN; +inf gives NaN at itself, 0 beside it; -inf
@@ -112,63 +103,6 @@ def test_relu_lrn_nan_inf_propagate_across_the_window(path, dtype):
     ref, _ = ref_forward_backward(reference.relu_lrn, x, None, 3, 0.5, 0.75, 2.0)
     assert out[0, 1:4, 0, 0].isnan().all(), out[0, :, 0, 0]
     assert_close_verbose(out, ref, TOLERANCES[dtype], name=f"relu_lrn nan/inf {dtype}")
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("lrn", [(5, 1e-4, 0.75, 2.0), (4, 0.7, 0.6, 1.0), (9, 1.5, 1.0, 0.5)])
-def test_relu_lrn_gradcheck_float64(path, fmt, lrn):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 6, 2, 3, generator=g, dtype=torch.float64)
-    x = torch.where(x.abs() < 0.1, x.sign() * 0.5, x)  # away from the ReLU's kink
-    x = to_memory_format(x, fmt).requires_grad_()
-    with on_path(path):
-        assert torch.autograd.gradcheck(lambda t: kernels.relu_lrn(t, *lrn), (x,), eps=1e-6, atol=1e-6,
-                                        rtol=1e-4, fast_mode=True)
-
-
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-def test_relu_lrn_opcheck(fmt):
-    op = custom_op("relu_lrn")
-    x = to_memory_format(make_values((2, 7, 3, 4), "normal", 5), fmt).requires_grad_()
-    torch.library.opcheck(op, (x, 5, 1e-4, 0.75, 2.0))
-    torch.library.opcheck(op, (x, 4, 0.5, 0.5, 1.0))
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_relu_lrn_empty_input(path, dtype):
-    for shape in [(0, 8, 5, 5), (2, 0, 5, 5), (2, 8, 0, 3)]:
-        x = torch.empty(shape, dtype=dtype, requires_grad=True)
-        with on_path(path):
-            out = kernels.relu_lrn(x)
-            assert out.shape == shape and out.dtype == dtype
-            out.sum().backward()
-        assert x.grad.shape == shape
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
-def test_relu_lrn_rejects_integer_dtypes(path, dtype):
-    x = torch.ones(1, 4, 3, 3, dtype=dtype)
-    with on_path(path), pytest.raises((TypeError, ValueError, RuntimeError), match="relu_lrn"):
-        kernels.relu_lrn(x)
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("shape", [(4, 3, 3), (12,), (), (1, 4, 3, 3, 2)])
-def test_relu_lrn_rejects_wrong_rank(path, shape):
-    x = torch.ones(shape)
-    with on_path(path), pytest.raises((TypeError, ValueError, RuntimeError), match="relu_lrn"):
-        kernels.relu_lrn(x)
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("size", [0, -1, -5])
-def test_relu_lrn_rejects_size_below_one(path, size):
-    x = torch.ones(1, 4, 3, 3)
-    with on_path(path), pytest.raises((TypeError, ValueError, RuntimeError), match="relu_lrn"):
-        kernels.relu_lrn(x, size)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter only: compiled kernels may contract "
@@ -282,3 +216,36 @@ def test_relu_lrn_window_wider_than_the_walks_takes_tiles(monkeypatch, fmt):
     check_relu_lrn("triton", (1, 20, 2, 3), torch.float32, fmt, fmt, "normal", seed=3, size=size, alpha=1.0,
                    beta=0.75, k=1.0, scale=2.0)
     assert kernels_run == [lrn._relu_lrn_fwd_kernel, lrn._relu_lrn_bwd_kernel], kernels_run
+
+
+# ---------------------------------------------------------------- int32 overflow of channel offsets (GPU)
+#
+# No full-size run on the CPU: C*H*W > 2^31 per image is > 4.3 GB per bfloat16 tensor, hours in the
+# interpreter.
+
+BIG_SHAPE = (1, 3, 32768, 32769)  # C*H*W = 3.2e9 > 2^31; s_c = H*W = 1.07e9 fits int32, 2 * s_c does not
+
+
+def need_free_gpu_bytes(n):
+    free, _ = torch.cuda.mem_get_info()
+    if free < n:
+        pytest.skip(f"needs {n / 2**30:.0f} GiB free on the GPU, {free / 2**30:.1f} GiB free")
+
+
+@pytest.mark.cuda
+def test_cuda_channel_offsets_past_2_31():
+    """Channel 2 starts at element 2 * 32768 * 32769 = 2^31 + 65536: an int32 ``i * s_c`` wraps there.
+    The LRN window spans only channels, so the reference of a few rows is computed on those rows."""
+    need_free_gpu_bytes(40 * 2**30)
+    dtype = torch.bfloat16
+    x = torch.randn(BIG_SHAPE, dtype=dtype, device="cuda").mul_(3.0).requires_grad_()
+    dy = torch.randn(BIG_SHAPE, dtype=dtype, device="cuda")
+    lrn = (5, 0.5, 0.75, 2.0)
+    out = kernels.relu_lrn(x, *lrn)
+    (dx,) = torch.autograd.grad(out, x, dy)
+    for rows in (slice(0, 2), slice(16384, 16386), slice(-2, None)):  # all 3 channels of each row
+        sl = (slice(None), slice(None), rows, slice(None))
+        ref, ref_dx = ref_forward_backward(reference.relu_lrn, x.detach()[sl], dy[sl], *lrn)
+        name = f"relu_lrn {BIG_SHAPE} rows {rows}"
+        assert_close_verbose(out.detach()[sl], ref, TOLERANCES[dtype], name=name)
+        assert_close_verbose(dx[sl], ref_dx, grad_tol(dtype, ref_dx), name=name + " backward")

@@ -1,7 +1,8 @@
-"""kernels.max_pool2d == F.max_pool2d: output sizes, exact values in every dtype, NaN propagation,
-ties and the gradient's destination, -inf and padding, gradcheck, opcheck, bad and empty input."""
-
-import math
+"""kernels.max_pool2d == F.max_pool2d and kernels.relu_max_pool2d == F.max_pool2d(F.relu(x)) (both in
+kernels/pool.py): output sizes, exact values in every dtype, NaN propagation, ties and the gradient's
+destination, -inf and padding, large windows, the kernels' paths and int64 offsets, the saved argmax.
+(relu_max_pool2d's own rules: tests/test_ops_relu_maxpool.py; what every op keeps, gradcheck, opcheck,
+bad and empty input among it: tests/test_op_contracts.py.)"""
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from kernels import reference
 from tests._utils import (
     EXACT,
     PATHS,
-    Tol,
+    VALUE_KINDS,
     assert_close_verbose,
     assert_memory_format,
     bits,
@@ -25,34 +26,20 @@ from tests._utils import (
     memory_formats,
     on_path,
     op_forward_backward,
-    pair,
+    pool_grad_tol,
     pool_out_size,
     pool_params,
     pool_shapes,
     ref_forward_backward,
     seeds,
     to_memory_format,
-    value_kinds,
 )
 
-ERRORS = (TypeError, ValueError, RuntimeError)
 
-
-def pool_grad_tol(dtype, kernel, stride, grad_out) -> Tol:
-    """Exact where no two windows can send their gradient to the same input (stride >= kernel); else
-    an input's gradient is a float32 sum of up to ceil(k/s)^2 terms added in another order, rounded
-    once to the dtype: 1 ulp of the dtype plus the float32 sum's rounding (normwise)."""
-    kh, kw = pair(kernel)
-    sh, sw = pair(stride, kernel)
-    overlap = math.ceil(kh / sh) * math.ceil(kw / sw)
-    if overlap == 1:
-        return EXACT
-    gmax = float(grad_out.abs().max()) if grad_out.numel() else 0.0
-    return Tol(atol=overlap * torch.finfo(torch.float32).eps * gmax, rtol=torch.finfo(dtype).eps,
-               reason=f"up to {overlap} window gradients summed in float32 in another order")
-
-
-def check_max_pool2d(path, x, kernel, stride, padding, grad_fmt="contiguous", seed=0, grad_out=None):
+def check_max_pool2d(path, x, kernel, stride, padding, grad_fmt="contiguous", seed=0, grad_out=None,
+                     op="max_pool2d"):
+    """``op`` (max_pool2d or relu_max_pool2d) against its reference: forward exact bit for bit (the sign
+    of zero included), backward to the element PyTorch's autograd sends it to."""
     dtype = x.dtype
 
     def grad_out_fn(out):
@@ -61,9 +48,9 @@ def check_max_pool2d(path, x, kernel, stride, padding, grad_fmt="contiguous", se
         return to_memory_format(make_grad(out.shape, seed, dtype), grad_fmt)
 
     with on_path(path):
-        out, grad, g = op_forward_backward(kernels.max_pool2d, x, grad_out_fn, kernel, stride, padding)
-    ref, ref_grad = ref_forward_backward(reference.max_pool2d, x, g, kernel, stride, padding)
-    name = f"max_pool2d {path} {tuple(x.shape)} {dtype} kernel={kernel} stride={stride} padding={padding}"
+        out, grad, g = op_forward_backward(getattr(kernels, op), x, grad_out_fn, kernel, stride, padding)
+    ref, ref_grad = ref_forward_backward(getattr(reference, op), x, g, kernel, stride, padding)
+    name = f"{op} {path} {tuple(x.shape)} {dtype} kernel={kernel} stride={stride} padding={padding}"
     assert out.shape == (*x.shape[:2], *pool_out_size(*x.shape[2:], kernel, stride, padding)), name
     assert_close_verbose(out, ref, EXACT, name=name + " forward")
     assert torch.equal(bits(out), bits(ref)), name + ": selected values differ bitwise (sign of zero?)"
@@ -72,31 +59,42 @@ def check_max_pool2d(path, x, kernel, stride, padding, grad_fmt="contiguous", se
     return out, grad
 
 
+POOL_OPS = ["max_pool2d", "relu_max_pool2d"]
+
+
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op", POOL_OPS)
 @examples(25)
-@given(params=pool_params(), dtype=dtypes, fmt=memory_formats, grad_fmt=memory_formats, kind=value_kinds,
-       seed=seeds, data=st.data())
+@given(params=pool_params(), dtype=dtypes, fmt=memory_formats, grad_fmt=memory_formats,
+       kind=st.sampled_from([*VALUE_KINDS, "nonpositive"]), seed=seeds, data=st.data())
 @example(params=(3, 2, 0), dtype=torch.float32, fmt="contiguous", grad_fmt="contiguous", kind="ties",
          seed=0, data=None)
 @example(params=((3, 2), (1, 2), (1, 0)), dtype=torch.bfloat16, fmt="channels_last", grad_fmt="sliced",
          kind="special", seed=1, data=None)
-def test_max_pool2d_matches_reference(path, params, dtype, fmt, grad_fmt, kind, seed, data):
-    """Values with ties, zeros of both signs, +-inf and NaN: forward exact, backward to the same
-    element as PyTorch's (ties to the first maximum in scan order, NaN wins)."""
+@example(params=(2, 1, 1), dtype=torch.float16, fmt="transposed", grad_fmt="channels_last",
+         kind="nonpositive", seed=2, data=None)
+def test_max_pool2d_matches_reference(path, op, params, dtype, fmt, grad_fmt, kind, seed, data):
+    """Values with ties, zeros of both signs, negatives (0 after relu_max_pool2d's ReLU: windows of ties
+    at 0), +-inf and NaN: forward exact, backward to the same element as PyTorch's (ties to the first
+    maximum in scan order, NaN wins; after the ReLU the first positive maximum, nowhere when the maximum
+    is 0, the last NaN as PyTorch's ReLU backward passes the gradient at NaN)."""
     kernel, stride, padding = params
     shape = data.draw(pool_shapes(kernel, padding)) if data is not None else (2, 5, 13, 11)
     x = to_memory_format(make_values(shape, kind, seed, dtype), fmt)
-    check_max_pool2d(path, x, kernel, stride, padding, grad_fmt, seed)
+    check_max_pool2d(path, x, kernel, stride, padding, grad_fmt, seed, op=op)
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op,dtype", [(op, dtype) for op in POOL_OPS for dtype in
+                                      [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+                                      if op == "relu_max_pool2d" or dtype != torch.float64])
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-def test_max_pool2d_paper_config_with_ties(path, dtype, fmt):
-    """3x3 stride 2 on 13x13 (-> 6x6) and 27x27 (-> 13x13) with many ties."""
+def test_max_pool2d_paper_config_with_ties(path, op, dtype, fmt):
+    """3x3 stride 2 on 13x13 (-> 6x6, conv5's pool) and 27x27 (-> 13x13), integers in [-3, 3]: exact
+    positive ties (and windows of zeros after the ReLU)."""
     for shape in [(2, 3, 13, 13), (1, 2, 27, 27)]:
         x = to_memory_format(make_values(shape, "ties", 42, dtype), fmt)
-        check_max_pool2d(path, x, 3, 2, 0, seed=1)
+        check_max_pool2d(path, x, 3, 2, 0, seed=1, op=op)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -143,97 +141,14 @@ def test_max_pool2d_all_minus_inf_windows(path, fmt):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op", POOL_OPS)
 @pytest.mark.parametrize("kernel,padding", [((16, 16), (8, 0)), ((17, 16), (3, 8))])
-def test_max_pool2d_large_windows(path, kernel, padding):
+def test_max_pool2d_large_windows(path, op, kernel, padding):
     """Windows of 256 elements (the largest whose position fits one byte) and of more than 256, with
-    ties: the saved argmax must still name the right element. (stride = kernel keeps the
+    ties (and negatives): the saved argmax must still name the right element. (stride = kernel keeps the
     interpreter's gather loop short.)"""
     x = make_values((1, 2, kernel[0] + 1, 2 * kernel[1] - 2), "ties", 17, torch.float32)
-    check_max_pool2d(path, x, kernel, None, padding, seed=5)
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_max_pool2d_default_arguments_and_stride_none(path):
-    x = make_values((1, 3, 11, 9), "normal", 5)
-    with on_path(path):
-        assert torch.equal(kernels.max_pool2d(x), reference.max_pool2d(x, 3, 2, 0))
-        assert torch.equal(kernels.max_pool2d(x, 3, None), reference.max_pool2d(x, 3, None))
-        assert torch.equal(kernels.max_pool2d(x, [2, 3], [1, 2], [1, 0]),
-                           reference.max_pool2d(x, (2, 3), (1, 2), (1, 0)))
-        assert kernels.max_pool2d(x, (2, 3), None).shape == (1, 3, 5, 3)
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("params", [(3, 2, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 0)), (2, None, 0)])
-def test_max_pool2d_gradcheck_float64(path, params):
-    """Distinct values (no ties) at least 1e-3 apart: gradcheck's eps cannot change the argmax."""
-    kernel, stride, padding = params
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randperm(2 * 3 * 7 * 6, generator=g).double() * 1e-2 - 1.0).reshape(2, 3, 7, 6)
-    x.requires_grad_()
-    with on_path(path):
-        assert torch.autograd.gradcheck(lambda t: kernels.max_pool2d(t, kernel, stride, padding), (x,),
-                                        eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
-
-
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-def test_max_pool2d_opcheck(fmt):
-    op = custom_op("max_pool2d")
-    x = to_memory_format(make_values((2, 3, 7, 6), "normal", 6), fmt).requires_grad_()
-    torch.library.opcheck(op, (x, [3, 3], [2, 2], [0, 0]))
-    torch.library.opcheck(op, (x, [2, 3], [1, 2], [1, 1]))
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_max_pool2d_empty_batch(path, dtype):
-    x = torch.empty(0, 4, 7, 7, dtype=dtype, requires_grad=True)
-    with on_path(path):
-        out = kernels.max_pool2d(x, 3, 2, 1)
-        assert out.shape == (0, 4, 4, 4) and out.dtype == dtype
-        out.sum().backward()
-    assert x.grad.shape == x.shape
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
-def test_max_pool2d_rejects_integer_dtypes(path, dtype):
-    with on_path(path), pytest.raises(ERRORS, match="max_pool2d"):
-        kernels.max_pool2d(torch.ones(1, 2, 5, 5, dtype=dtype))
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("shape", [(25,), (5, 5), (1, 1, 2, 5, 5)])  # 3-D (C, H, W) is taken, as F.max_pool2d
-def test_max_pool2d_rejects_wrong_rank(path, shape):
-    with on_path(path), pytest.raises(ERRORS, match="max_pool2d"):
-        kernels.max_pool2d(torch.ones(shape))
-
-
-BAD_POOL_PARAMS = [
-    pytest.param(0, 1, 0, id="kernel0"),
-    pytest.param(-1, 1, 0, id="kernel-neg"),
-    pytest.param((3, 0), 1, 0, id="kernel-pair-0"),
-    pytest.param(3, 0, 0, id="stride0"),
-    pytest.param(3, -2, 0, id="stride-neg"),
-    pytest.param(3, (2, 0), 0, id="stride-pair-0"),
-    pytest.param(3, 2, -1, id="padding-neg"),
-    pytest.param(3, 2, 2, id="padding-over-half-kernel"),
-    pytest.param((3, 3), 1, (2, 0), id="padding-h-over-half"),
-    pytest.param((2, 4), 1, (1, 3), id="padding-w-over-half"),
-    pytest.param(7, 1, 0, id="output-empty"),
-    pytest.param((1, 7), 1, (0, 1), id="output-width-empty"),
-    pytest.param((3, 3, 3), 1, 0, id="kernel-three-values"),
-]
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("kernel,stride,padding", BAD_POOL_PARAMS)
-def test_max_pool2d_rejects_what_f_max_pool2d_rejects(path, kernel, stride, padding):
-    x = torch.ones(1, 2, 5, 4)
-    with pytest.raises(ERRORS):  # the reference rejects it too: the case is really invalid
-        reference.max_pool2d(x, kernel, stride, padding)
-    with on_path(path), pytest.raises(ERRORS, match="max_pool2d"):
-        kernels.max_pool2d(x, kernel, stride, padding)
+    check_max_pool2d(path, x, kernel, None, padding, seed=5, op=op)
 
 
 # ------------------------------------------------------------------------ kernel paths and offsets
@@ -285,15 +200,6 @@ def test_max_pool2d_channels_last_channel_tiles(dtype):
         _paths_case((1, c, 7, 9), "channels_last", 3, 2, 0, dtype=dtype, kind="special", seed=c)
 
 
-def test_max_pool2d_size1_dims_with_odd_strides():
-    """A size-1 dimension's stride is arbitrary in a "contiguous" tensor: the kernels derive strides from
-    the shape and layout, never from x.stride()."""
-    x = make_values((1, 4, 1, 6), "normal", 9).transpose(2, 3)  # (1, 4, 6, 1), contiguous, stride(3) == 6
-    assert x.is_contiguous() and x.stride(3) != 1
-    check_max_pool2d("triton", x, (3, 1), (2, 1), 0, seed=9)
-    check_max_pool2d("triton", x, (2, 1), None, (1, 0), seed=9)
-
-
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_max_pool2d_saved_argmax_is_the_same_on_both_paths(fmt):
     """The Triton path's argmax bytes equal the CPU path's (PyTorch's indices in window coordinates), and
@@ -331,26 +237,3 @@ def test_magic_division_matches_floor_division():
         for q in edges | {rng.randrange(2**31) for _ in range(40)}:
             if 0 <= q < 2**31:
                 assert ((2 * q * m) >> 32) >> s == q // d, (q, d)
-
-
-def test_relu_max_pool2d_backward_follows_pytorch_relu_rule():
-    """relu's backward is ``threshold_backward(grad, relu(x), 0)``: the gradient passes where relu(x) > 0
-    and where it is NaN, never at +-0. The saved byte marks windows whose maximum is not positive (255),
-    so that no gradient reaches them; NaN windows keep their argmax."""
-    nan = float("nan")
-    x = torch.tensor([[-1.0, -0.0, 0.0, 2.0],
-                      [nan, -3.0, 0.0, -0.0]]).reshape(2, 1, 1, 4)
-    for path in PATHS:
-        xk = x.clone().requires_grad_()
-        with on_path(path):
-            out = kernels.relu_max_pool2d(xk, (1, 2), (1, 2), 0)
-            (grad,) = torch.autograd.grad(out, xk, torch.ones_like(out))
-        xr = x.clone().requires_grad_()
-        ref = torch.nn.functional.max_pool2d(torch.relu(xr), (1, 2), (1, 2))
-        (ref_grad,) = torch.autograd.grad(ref, xr, torch.ones_like(ref))
-        assert torch.equal(bits(out), bits(ref)), path
-        assert torch.equal(grad, ref_grad), f"{path}: {grad.flatten()} != {ref_grad.flatten()}"
-        assert grad.flatten().tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
-        with on_path(path):
-            _, am = custom_op("relu_max_pool2d")(x, [1, 2], [1, 2], [0, 0])
-        assert am.flatten().tolist() == [255, 1, 0, 255]
