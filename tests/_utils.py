@@ -44,8 +44,14 @@ FAST = settings(max_examples=15, deadline=None, derandomize=False,
                                        HealthCheck.function_scoped_fixture])
 
 
+#: The exhaustive tier (tests/conftest.py): every hypothesis test draws its full number of examples.
+EXHAUSTIVE = os.environ.get("ALEXNET_EXHAUSTIVE", "0") not in ("", "0")
+
+
 def examples(n: int) -> settings:
-    return settings(FAST, max_examples=n)
+    """``n`` fresh examples in the exhaustive tier, a quarter of them (at least 3) in the default one (each
+    run still draws new ones; the explicit @example cases always run)."""
+    return settings(FAST, max_examples=n if EXHAUSTIVE else max(3, n // 4))
 
 
 # ----------------------------------------------------------------------------------------------

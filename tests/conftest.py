@@ -15,6 +15,10 @@ import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
+# The exhaustive tier (.ci/run runs it after the plain `python -m pytest -q`): ALEXNET_EXHAUSTIVE=1 runs the
+# tests marked slow and gives the hypothesis tests their full number of examples (tests/_utils.py).
+EXHAUSTIVE = os.environ.get("ALEXNET_EXHAUSTIVE", "0") not in ("", "0")
+
 # A shell script starts a background job (`pytest &`) with SIGINT ignored, and a child
 # inherits that: `python -m train.run` then keeps Ctrl-C ignored, as it should in the background, and
 # the tests that press Ctrl-C in a run would hang or pass without testing anything. The runs these
@@ -23,11 +27,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_report_header(config):
+    return f"tier: {'exhaustive' if EXHAUSTIVE else 'default (ALEXNET_EXHAUSTIVE=1 for the exhaustive tier)'}"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slow = pytest.mark.skip(reason="exhaustive tier: ALEXNET_EXHAUSTIVE=1")
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_cuda)
+        if "slow" in item.keywords and not EXHAUSTIVE:
+            item.add_marker(skip_slow)
 
 
 @pytest.fixture
