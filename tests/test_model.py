@@ -75,14 +75,35 @@ def test_parameter_count_and_layer_shapes():
     assert [model.conv2.groups, model.conv3.groups, model.conv4.groups, model.conv5.groups] == [2, 1, 2, 2]
 
 
-def test_default_activation_shapes(seed):
-    model = AlexNet(ops="eager").eval()
+@pytest.fixture(scope="module")
+def paper_model():
+    """The default model (the paper's, 61M parameters, paper initialisation, seed 0), built once for the
+    tests that only read it; each leaves its ops and mode as it found them."""
+    torch.manual_seed(0)
+    return AlexNet()
+
+
+@contextlib.contextmanager
+def as_model(model, ops, training):
+    previous = model.ops, model.training
+    model.ops = ops
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.ops = previous[0]
+        model.train(previous[1])
+
+
+def test_default_activation_shapes(paper_model, seed):
     shapes = {}
-    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
-        getattr(model, name).register_forward_hook(
-            lambda m, args, out, name=name: shapes.update({name: (tuple(args[0].shape), tuple(out.shape))}))
-    with torch.no_grad():
+    handles = [getattr(paper_model, name).register_forward_hook(
+        lambda m, args, out, name=name: shapes.update({name: (tuple(args[0].shape), tuple(out.shape))}))
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")]
+    with as_model(paper_model, "eager", training=False) as model, torch.no_grad():
         logits = model(torch.randn(1, 3, 227, 227))
+    for h in handles:
+        h.remove()
     assert logits.shape == (1, 1000)
     assert shapes == {
         "conv1": ((1, 3, 227, 227), (1, 96, 55, 55)),
@@ -126,8 +147,8 @@ def test_invalid_arguments():
 # ------------------------------------------------------------------------------------------ initialisation
 
 
-def test_paper_init(seed):
-    model = AlexNet()
+def test_paper_init(paper_model):
+    model = paper_model
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
         w = getattr(model, name).weight.detach()
         assert abs(w.mean().item()) < 5 * 0.01 / w.numel() ** 0.5, f"{name} weight mean {w.mean().item():.3g}"
@@ -366,15 +387,14 @@ def test_saved_activation_bytes_counts_storages_once():
 
 
 @pytest.fixture(scope="module")
-def full_model_saved_bytes():
+def full_model_saved_bytes(paper_model):
     """Saved bytes per image of a float32 training forward of the default model, fused and eager."""
     torch.manual_seed(0)
-    model = AlexNet(ops="fused").train()
     x = torch.randn(2, 3, 227, 227)
-    with triton_disabled():
+    with as_model(paper_model, "fused", training=True) as model, triton_disabled():
         fused = saved_activation_bytes(model, x)
-    model.ops = "eager"
-    return {"fused": fused, "eager": saved_activation_bytes(model, x)}
+    with as_model(paper_model, "eager", training=True) as model:
+        return {"fused": fused, "eager": saved_activation_bytes(model, x)}
 
 
 def test_fused_saves_no_more_than_eager(full_model_saved_bytes):
@@ -405,11 +425,11 @@ def test_dropout_of_a_tower_and_a_shard_is_the_one_device_mask(path, seed):
     model = AlexNet(AlexNetConfig(num_classes=10, image_size=67, width=0.25), ops="fused").train()
     x = torch.randn(8, 1024) + 0.5
     ctx = kernels.triton_disabled() if path == "torch" else contextlib.nullcontext()
+    part = AlexNet(AlexNetConfig(num_classes=10, image_size=67, width=0.25), ops="fused").train()
     with ctx:
         torch.manual_seed(3)
         full = model._relu_dropout(x)  # (8, 1024): both towers, the whole batch
         for tower, shard in [(0, 0), (1, 0), (0, 1), (1, 1)]:
-            part = AlexNet(AlexNetConfig(num_classes=10, image_size=67, width=0.25), ops="fused").train()
             part.towers, part.tower_rank, part.data_rank = 1, tower, shard
             torch.manual_seed(3)
             rows, cols = slice(4 * shard, 4 * shard + 4), slice(512 * tower, 512 * tower + 512)
