@@ -234,7 +234,8 @@ def test_gpus2_ctrl_c_while_the_ranks_start_exits_at_once(tiny_data, tmp_path, r
             consistent(out, tmp_ok=i == 1)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# SIGINT in the exhaustive tier: the same forwarding as SIGTERM (and the one-process Ctrl-C has its own test)
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
 def test_gpus2_signal_to_the_parent_alone_stops_saves_and_exits(sig, tiny_data, tmp_path, runs):
     """Issue 12.2: SIGINT to the parent's PID alone was ignored; after SIGTERM the ranks trained on as
     orphans. Now both stop at a step boundary, save, and exit 128 + the signal."""
@@ -335,6 +336,7 @@ def test_corrupt_validation_image_keeps_the_epoch(tiny_data, tmp_path, capfd):
     assert [r["epoch"] for r in load(tmp_path / "run" / "last.pt")["history"]] == [1]
 
 
+@pytest.mark.slow  # the exhaustive tier: the one-process case above checks the same line by default
 def test_gpus2_corrupt_validation_image_is_one_line(tiny_data, tmp_path, runs):
     """Issue 12.3 with --gpus 2: 55 lines of traceback, exit 1 (and, once that was fixed, the ranks' leaked
     semaphores reported by multiprocessing after the error line)."""

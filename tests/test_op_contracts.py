@@ -97,7 +97,17 @@ def test_gradcheck_float64(op, case, path):
                                             fast_mode=True), (op.name, args, layout)
 
 
-@pytest.mark.parametrize("op,layout,case", cases("op", "layout", "opcheck"))
+def _opcheck_params():
+    """Every case in every layout; in the default tier the later cases in the first layout only."""
+    params = []
+    for p in cases("op", "layout", "opcheck"):
+        op, layout, case = p.values
+        later = case is not op.opcheck[0] and layout != op.layouts[0]
+        params.append(pytest.param(*p.values, id=p.id, marks=[pytest.mark.slow] if later else []))
+    return params
+
+
+@pytest.mark.parametrize("op,layout,case", _opcheck_params())
 def test_opcheck(op, layout, case):
     """torch.library.opcheck of the registered op: schema, fake tensor, autograd registration, AOT
     dispatch."""

@@ -91,8 +91,8 @@ def test_max_pool2d_matches_reference(path, op, params, dtype, fmt, grad_fmt, ki
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_max_pool2d_paper_config_with_ties(path, op, dtype, fmt):
     """3x3 stride 2 on 13x13 (-> 6x6, conv5's pool) and 27x27 (-> 13x13), integers in [-3, 3]: exact
-    positive ties (and windows of zeros after the ReLU)."""
-    for shape in [(2, 3, 13, 13), (1, 2, 27, 27)]:
+    positive ties (and windows of zeros after the ReLU). (Few channels: the planes are what matters.)"""
+    for shape in [(1, 2, 13, 13), (1, 1, 27, 27)]:
         x = to_memory_format(make_values(shape, "ties", 42, dtype), fmt)
         check_max_pool2d(path, x, 3, 2, 0, seed=1, op=op)
 
