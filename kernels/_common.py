@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ except ImportError:  # pragma: no cover - exercised only on platforms without Tr
 HAS_TRITON = triton is not None
 # Read once, like Triton itself: @triton.jit decides at decoration time whether to interpret.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# ALEXNET_NO_ASM=1: every kernel built without inline asm (kernels/_jit.py), on any GPU. Read once.
+NO_ASM = os.environ.get("ALEXNET_NO_ASM", "0") not in ("", "0")
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -40,8 +43,8 @@ def triton_disabled():
 
 
 def use_triton(x: torch.Tensor) -> bool:
-    """True where the Triton kernel runs: CUDA tensors, and CPU tensors under the interpreter (or
-    while ``recording`` launches)."""
+    """True where the Triton kernel runs: CUDA tensors (NVIDIA and AMD: ROCm's torch names its devices
+    "cuda" too), and CPU tensors under the interpreter (or while ``recording`` launches)."""
     if getattr(_state, "recorder", None) is not None:
         return True
     if x.device.type == "cuda":
@@ -49,6 +52,47 @@ def use_triton(x: torch.Tensor) -> bool:
             raise RuntimeError("alexnet_triton: CUDA tensors need Triton, which is not installed")
         return True
     return HAS_TRITON and INTERPRET and x.device.type == "cpu" and not getattr(_state, "disabled", False)
+
+
+@contextlib.contextmanager
+def compiling_for(capability: int):
+    """Inside this block ``capability`` reports ``capability`` (e.g. 75) for any tensor: launches recorded
+    for compiling (``recording``) are planned as for a GPU of that compute capability."""
+    previous = getattr(_state, "capability", None)
+    _state.capability = capability
+    try:
+        yield
+    finally:
+        _state.capability = previous
+
+
+@functools.cache
+def _device_capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return major * 10 + minor
+
+
+def capability(x: torch.Tensor) -> int:
+    """The compute capability the kernels for x are compiled for, as Triton writes it (75, 80, 90): the
+    NVIDIA GPU's own; 90 elsewhere (the interpreter, recorded launches) unless ``compiling_for`` says
+    otherwise; 0 on ROCm. For launch plans whose code needs another shape before sm_80."""
+    forced = getattr(_state, "capability", None)
+    if forced is not None:
+        return forced
+    if torch.version.hip:
+        return 0
+    if x.device.type == "cuda":
+        index = x.device.index
+        return _device_capability(torch.cuda.current_device() if index is None else index)
+    return 90
+
+
+def inline_ptx() -> bool:
+    """Whether this process's kernels are built with inline PTX: on NVIDIA (and the interpreter, which
+    stands in for it), unless ALEXNET_NO_ASM=1; never on ROCm (``torch.version.hip``). Launchers choose
+    by it a structure that only inline PTX compiles in reasonable time (the NCHW fused block's patch
+    walks, hundreds of loads: Triton's coalescing pass takes minutes over them as tl.load)."""
+    return not NO_ASM and not torch.version.hip
 
 
 # ------------------------------------------------------------------------- eager fast path

@@ -1,8 +1,43 @@
-"""Small @triton.jit helpers shared by the kernels (inlined by Triton where they are called)."""
+"""Small @triton.jit helpers shared by the kernels (inlined by Triton where they are called).
 
-from ._common import INTERPRET, tl, triton
+Inline PTX (loads and stores that Triton's coalescing pass does not see, approximate rsqrt and sqrt,
+max.NaN, packed conversions) is chosen at compile time, per helper, by ``_ptx(capability)``: only when
+Triton compiles for an NVIDIA GPU of at least that compute capability (``max.NaN.f32`` and
+``cvt.rn.bf16x2.f32`` need sm_80; the rest any) and the build has inline asm. Elsewhere (AMD GPUs, the
+interpreter) the same helpers are ``tl.load`` / ``tl.store`` and Triton's math.
+
+``ALEXNET_NO_ASM=1`` in the environment (read at import) builds every kernel without inline asm on any
+GPU: the build that tells a failure of the PTX from one of the algorithm. It is part of every kernel's
+cache key (``_NO_ASM``, a global constexpr), so the two builds never share a cached binary.
+"""
+
+from ._common import INTERPRET, NO_ASM, tl, triton
 
 # Importing this module needs Triton: the op modules import it only when Triton is present.
+
+_NO_ASM = tl.constexpr(NO_ASM)  # a global constexpr: Triton hashes its value into the kernels' keys
+
+
+def _target():
+    """The target Triton compiles for now: the active driver's current device (the JIT compiles for it);
+    None without a driver (the interpreter)."""
+    try:
+        return triton.runtime.driver.active.get_current_target()
+    except RuntimeError:
+        return None
+
+
+_target.__triton_builtin__ = True  # not a dependency to hash: the target is part of every compile's key
+
+
+@triton.constexpr_function
+def _ptx(capability):
+    """Whether a helper may use inline PTX that needs compute capability ``capability`` (80: sm_80), as a
+    compile-time constant: an NVIDIA target of at least that capability, in a build with inline asm."""
+    if _NO_ASM:
+        return False
+    target = _target()
+    return target is not None and target.backend == "cuda" and target.arch >= capability
 
 
 @triton.jit
@@ -103,10 +138,10 @@ def _gather_pool_grad(
 
 @triton.jit
 def _relu_up(v):
-    """relu(v) in the compute dtype. float32 on a GPU: one max.NaN (NaN stays NaN, as torch.relu keeps
-    it) instead of a compare and a select."""
+    """relu(v) in the compute dtype. float32 on sm_80 and later: one max.NaN (NaN stays NaN, as torch.relu
+    keeps it) instead of a compare and a select."""
     u = _upcast(v)
-    if u.dtype == tl.float32:
+    if u.dtype == tl.float32 and _ptx(80):
         return tl.inline_asm_elementwise("max.NaN.f32 $0, $1, 0f00000000;", "=r,r", [u], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
@@ -115,9 +150,9 @@ def _relu_up(v):
 
 @triton.jit
 def _rsqrt(s):
-    """1 / sqrt(s). float32 on a GPU: one MUFU.RSQ (flush-to-zero approx; s >= k > 0 in LRN, never
-    subnormal in practice), without the subnormal fix-up code that the non-ftz form costs."""
-    if s.dtype == tl.float32:
+    """1 / sqrt(s). float32 on an NVIDIA GPU: one MUFU.RSQ (flush-to-zero approx), without the subnormal
+    fix-up code that the non-ftz form costs: callers scale a subnormal s first (_pow_neg's TINY)."""
+    if s.dtype == tl.float32 and _ptx(0):
         return tl.inline_asm_elementwise("rsqrt.approx.ftz.f32 $0, $1;", "=r,r", [s], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
@@ -126,12 +161,21 @@ def _rsqrt(s):
 
 @triton.jit
 def _ld(ptrs):
-    """tl.load(ptrs) (no mask) as one inline PTX load per element. For kernels with hundreds of loads:
-    Triton's coalescing pass costs about (memory ops) x (kernel size), a minute of compile time for the
-    fused block's patch walk, and an inline load is not a memory op to it. Its layout is the one the
-    kernel's values have anyway (one element per thread), and ptxas folds the constant part of each
-    address into the load's immediate offset, as for tl.load."""
-    if ptrs.dtype.element_ty == tl.float32:
+    """tl.load(ptrs) (no mask) as one inline PTX load per element on an NVIDIA GPU. For kernels with
+    hundreds of loads: Triton's coalescing pass costs about (memory ops) x (kernel size), a minute of
+    compile time for the fused block's patch walk, and an inline load is not a memory op to it. Its
+    layout is the one the kernel's values have anyway (one element per thread), and ptxas folds the
+    constant part of each address into the load's immediate offset, as for tl.load.
+
+    The inline loads (_ld, _ld_idx, _ldv) are pure values to the compiler (is_pure=True): it may merge
+    two equal ones across a store, or move one out of a loop, even above a loop that runs zero times.
+    Invariants that make that correct: no kernel reads memory that it, or an output aliasing its input,
+    writes (every op writes only tensors it allocated: tests/test_targets.py checks that no output shares
+    memory with an input), and every inline load's address is valid whenever the kernel runs (offsets
+    are clamped into the tensor, never masked)."""
+    if not _ptx(0):
+        return tl.load(ptrs)
+    elif ptrs.dtype.element_ty == tl.float32:
         return tl.inline_asm_elementwise("ld.global.f32 $0, [$1];", "=r,l", [ptrs], dtype=tl.float32,
                                          is_pure=True, pack=1)
     elif ptrs.dtype.element_ty == tl.bfloat16:
@@ -147,7 +191,9 @@ def _ld(ptrs):
 @triton.jit
 def _ld_idx(ptrs):
     """An argmax (uint8 or int32) as int32, loaded as _ld does."""
-    if ptrs.dtype.element_ty == tl.uint8:
+    if not _ptx(0):
+        return tl.load(ptrs).to(tl.int32)
+    elif ptrs.dtype.element_ty == tl.uint8:
         return tl.inline_asm_elementwise("ld.global.u8 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
                                          is_pure=True, pack=1)
     elif ptrs.dtype.element_ty == tl.int32:
@@ -162,7 +208,9 @@ def _st_if(ptrs, v, ok):
     """tl.store(ptrs, v, mask=ok) of a 16- or 32-bit element as inline PTX (see _st)."""
     addr = ptrs.to(tl.int64)
     flag = ok.to(tl.int32)
-    if v.dtype.primitive_bitwidth == 32:
+    if not _ptx(0):
+        tl.store(ptrs, v, mask=ok)
+    elif v.dtype.primitive_bitwidth == 32:
         tl.inline_asm_elementwise(
             "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.u32 $0, 0; }",
             "=r,l,r,r", [addr, v, flag], dtype=tl.int32, is_pure=False, pack=1)
@@ -180,7 +228,9 @@ def _st(ptrs, v):
     element; v already in the pointer's dtype). The asm yields a dummy value: it is not pure, so it
     stays."""
     addr = ptrs.to(tl.int64)
-    if v.dtype.primitive_bitwidth == 32:
+    if not _ptx(0):
+        tl.store(ptrs, v)
+    elif v.dtype.primitive_bitwidth == 32:
         tl.inline_asm_elementwise("st.global.b32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r", [addr, v],
                                   dtype=tl.int32, is_pure=False, pack=1)
     elif v.dtype.primitive_bitwidth == 16:
@@ -195,8 +245,19 @@ def _st(ptrs, v):
 
 
 @triton.jit
+def _st_row(ptrs, vals, N: tl.constexpr):
+    """Store the N values ``vals`` (already in the pointer's dtype) at ptrs + 0 .. N - 1: one _st each
+    with inline PTX, else one (BLOCK, N) tl.store (N a power of two; see _ldv)."""
+    if _ptx(0):
+        for e in tl.static_range(N):
+            _st(ptrs + e, vals[e])
+    else:
+        tl.store(ptrs[:, None] + tl.arange(0, N)[None, :], _join_cols(vals, N))
+
+
+@triton.jit
 def _sqrt(s):
-    if s.dtype == tl.float32:
+    if s.dtype == tl.float32 and _ptx(0):
         return tl.inline_asm_elementwise("sqrt.approx.ftz.f32 $0, $1;", "=r,r", [s], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
@@ -204,9 +265,27 @@ def _sqrt(s):
 
 
 @triton.jit
-def _pow_neg(s, BETA: tl.constexpr):
+def _pow_neg(s, BETA: tl.constexpr, TINY: tl.constexpr):
     """s ** -BETA for s >= 0, with inf / NaN / 0 as IEEE pow gives them. AlexNet's 0.75 (and 0.5, 1)
-    take an rsqrt form: 3 instructions instead of a log2 and an exp2."""
+    take an rsqrt form: 3 instructions instead of a log2 and an exp2. TINY: s may be subnormal (k below
+    float32's normal range, or alpha < 0); the float32 approximations (and Triton's libdevice, built
+    flush-to-zero) would read it as 0 and give inf, so it is scaled by 2^24 first and the power back."""
+    if TINY and s.dtype == tl.float32:
+        small = s < 1.1754943508222875e-38
+        p = _pow_neg_normal(tl.where(small, s * 16777216.0, s), BETA)
+        return p * tl.where(small, _two_pow(24.0 * BETA), 1.0)
+    else:
+        return _pow_neg_normal(s, BETA)
+
+
+@triton.constexpr_function
+def _two_pow(e):
+    return 2.0 ** e
+
+
+@triton.jit
+def _pow_neg_normal(s, BETA: tl.constexpr):
+    """s ** -BETA as _pow_neg, for s = 0 or normal (or any s in float64)."""
     if BETA == 0.75:
         r = _rsqrt(s)
         return r * _sqrt(r)
@@ -269,8 +348,18 @@ def _put(t, j: tl.constexpr, v):
 
 
 @triton.jit
-def _pow_neg2(s, BETA: tl.constexpr):
+def _pow_neg2(s, BETA: tl.constexpr, TINY: tl.constexpr):
     """(s ** -BETA, s ** -1) for s >= 0, as _pow_neg: s ** -(BETA + 1) is their product."""
+    if TINY and s.dtype == tl.float32:
+        small = s < 1.1754943508222875e-38
+        p_b, p_1 = _pow_neg2_normal(tl.where(small, s * 16777216.0, s), BETA)
+        return p_b * tl.where(small, _two_pow(24.0 * BETA), 1.0), p_1 * tl.where(small, 16777216.0, 1.0)
+    else:
+        return _pow_neg2_normal(s, BETA)
+
+
+@triton.jit
+def _pow_neg2_normal(s, BETA: tl.constexpr):
     if BETA == 0.75:
         r = _rsqrt(s)
         return r * _sqrt(r), r * r
@@ -328,12 +417,79 @@ def _vec_constraints(outs, ins):
     return ",".join(["=r"] * outs + ["l"] + ["r"] * ins)
 
 
+@triton.constexpr_function
+def _bit_reversed(e, bits):
+    return int(format(e, f"0{bits}b")[::-1], 2) if bits else 0
+
+
+@triton.jit
+def _split_cols(t, VEC: tl.constexpr):
+    """The VEC columns of t (BLOCK, VEC), VEC in 1, 2, 4, 8: a tuple of (BLOCK,) tensors. tl.split halves
+    the last axis of size 2 (the lowest bit of the column), so after log2(VEC) rounds column e sits at
+    the bit-reversed index of e."""
+    B: tl.constexpr = t.shape[0]
+    if VEC == 8:
+        parts = (tl.reshape(t, (B, 2, 2, 2)),)
+        BITS: tl.constexpr = 3
+    elif VEC == 4:
+        parts = (tl.reshape(t, (B, 2, 2)),)
+        BITS: tl.constexpr = 2
+    elif VEC == 2:
+        parts = (t,)
+        BITS: tl.constexpr = 1
+    else:
+        parts = (tl.reshape(t, (B,)),)
+        BITS: tl.constexpr = 0
+    for _r in tl.static_range(BITS):
+        halves = ()
+        for q in tl.static_range(len(parts)):
+            a, b = tl.split(parts[q])
+            halves = halves + (a, b)
+        parts = halves
+    cols = ()
+    for e in tl.static_range(VEC):
+        cols = cols + (parts[_bit_reversed(e, BITS)],)
+    return cols
+
+
+@triton.jit
+def _join_cols(cols, VEC: tl.constexpr):
+    """The inverse of _split_cols: VEC (BLOCK,) tensors as one (BLOCK, VEC) tensor, column e = cols[e]."""
+    B: tl.constexpr = cols[0].shape[0]
+    if VEC == 1:
+        return tl.reshape(cols[0], (B, 1))
+    else:
+        if VEC == 8:
+            BITS: tl.constexpr = 3
+        elif VEC == 4:
+            BITS: tl.constexpr = 2
+        else:
+            BITS: tl.constexpr = 1
+        parts = ()
+        for e in tl.static_range(VEC):
+            parts = parts + (cols[_bit_reversed(e, BITS)],)
+        for _r in tl.static_range(BITS):
+            pairs = ()
+            for q in tl.static_range(len(parts) // 2):
+                pairs = pairs + (tl.join(parts[2 * q], parts[2 * q + 1]),)
+            parts = pairs
+        return tl.reshape(parts[0], (B, VEC))
+
+
 @triton.jit
 def _ldv(ptrs, VEC: tl.constexpr):
     """VEC consecutive elements at ptrs (aligned to VEC elements), upcast (float32, or float64): a
     tuple. bfloat16 widens with one shift or and per element, float16 with one cvt."""
     if VEC == 1:
         return (_upcast(_ld(ptrs)),)
+    elif not _ptx(0):
+        # one (BLOCK, VEC) load split into columns: VEC loads each would cost Triton's coalescing pass
+        # time quadratic in the kernel's memory ops (minutes for the channels_last block)
+        cols = _split_cols(tl.load(ptrs[:, None] + tl.arange(0, VEC)[None, :]), VEC)
+        vals = ()
+        for e in tl.static_range(VEC):
+            vals = vals + (_upcast(cols[e]),)
+        return vals
     else:
         if ptrs.dtype.element_ty == tl.float32:
             KIND: tl.constexpr = "f32"
@@ -349,9 +505,17 @@ def _ldv(ptrs, VEC: tl.constexpr):
 def _stv(ptrs, v, VEC: tl.constexpr):
     """Store the tuple v (VEC values in the compute dtype) at ptrs (aligned to VEC elements), rounded to
     the pointer's dtype (round to nearest even, as .to() does): one vector store; bfloat16 and
-    float16 pack two values with one cvt."""
+    float16 pack two values with one cvt (sm_80 and later; before, and without inline asm, VEC stores)."""
     if VEC == 1:
         _st(ptrs, v[0].to(ptrs.dtype.element_ty))
+    elif not _ptx(0):  # one (BLOCK, VEC) store (see _ldv)
+        cols = ()
+        for e in tl.static_range(VEC):
+            cols = cols + (v[e].to(ptrs.dtype.element_ty),)
+        tl.store(ptrs[:, None] + tl.arange(0, VEC)[None, :], _join_cols(cols, VEC))
+    elif ptrs.dtype.element_ty != tl.float32 and not _ptx(80):  # no packed conversion before sm_80
+        for e in tl.static_range(VEC):
+            _st(ptrs + e, v[e].to(ptrs.dtype.element_ty))
     else:
         addr = ptrs.to(tl.int64)
         if ptrs.dtype.element_ty == tl.float32:
@@ -364,12 +528,12 @@ def _stv(ptrs, v, VEC: tl.constexpr):
                                   dtype=tl.int32, is_pure=False, pack=1)
 
 @triton.jit
-def _lrn_ta(ring, g, alpha_n, k, SIZE: tl.constexpr, BETA: tl.constexpr):
+def _lrn_ta(ring, g, alpha_n, k, SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr):
     """(t, a) of a channel j from the relu'd values of its window (``ring``, oldest first) and the gradient
     g of its LRN output: a = g s^-beta, t = a r_j s^-1 = g r_j s^-(beta+1) (see lrn.py's backward walk).
     Every backward kernel computes them with this code, so every layout and fusion gives the same bits."""
     LO: tl.constexpr = SIZE // 2
-    pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(ring, SIZE), BETA)
+    pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(ring, SIZE), BETA, TINY)
     a = g * pw_b
     return a * (ring[LO] * s_inv), a
 
@@ -401,6 +565,11 @@ if INTERPRET:
 
     _pow_neg = _pow_neg.fn
     _pow_neg2 = _pow_neg2.fn
+    _pow_neg_normal = _pow_neg_normal.fn
+    _pow_neg2_normal = _pow_neg2_normal.fn
+
+    def _two_pow(e):
+        return 2.0 ** e
     _ring_sumsq = _ring_sumsq.fn
     _ring_sum = _ring_sum.fn
     _lrn_ta = _lrn_ta.fn
@@ -428,3 +597,7 @@ if INTERPRET:
 
     def _st_if(ptrs, v, ok):
         tl.store(ptrs, v, mask=ok)
+
+    def _st_row(ptrs, vals, N):
+        for e in range(len(vals)):
+            tl.store(ptrs + e, vals[e])

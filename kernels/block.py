@@ -21,6 +21,7 @@ from ._common import (
     dense,
     eager_autograd,
     fast_path,
+    inline_ptx,
     launch,
     memory_format,
     pool_args,
@@ -38,6 +39,7 @@ from .lrn import (
     lrn_forward_torch,
     needs_int64,
     strides,
+    tiny_s,
     walk_backward_fits,
     walk_forward_fits,
 )
@@ -82,7 +84,7 @@ if triton is not None:
     @triton.jit
     def _patch_steps(
         R, c_first, HW, OHW, W, OW, x_pix, y_pix, am_pix, alpha_n, k, zero, zero_i,
-        N_STEPS: tl.constexpr, LOAD: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr,
+        N_STEPS: tl.constexpr, LOAD: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, TOH: tl.constexpr,
         TOW: tl.constexpr, BIG: tl.constexpr,
     ):
@@ -107,7 +109,7 @@ if triton is not None:
                     R = _put(R, u * V + v, _shift(R[u * V + v], val))
             vals = ()
             for p in tl.static_range(U * V):
-                y = R[p][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], SIZE), BETA)
+                y = R[p][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], SIZE), BETA, TINY)
                 # rounded to the output dtype, as relu_lrn's output is, before it competes
                 vals = vals + (_upcast(y.to(y_pix.dtype.element_ty)),)
             # pooled separably: PyTorch's rule (the first in-bounds position starts, a value wins when
@@ -145,7 +147,7 @@ if triton is not None:
         C, H, W, OH, OW,
         n_cb, n_q, n_pc,  # channel chunks, patches in all images, patch columns per plane
         L, LL, alpha_n, k,  # channels per chunk and in the last chunk (multiples of SIZE), alpha / size, k
-        SIZE: tl.constexpr, BETA: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         TOH: tl.constexpr, TOW: tl.constexpr,  # pooled outputs per thread
         BLOCK: tl.constexpr, BIG: tl.constexpr,  # patches (threads) per program; int64 channel offsets
@@ -192,12 +194,13 @@ if triton is not None:
                     R = _put(R, u * V + v, _shift(R[u * V + v], val))
         args = (HW, OHW, W, OW, x_pix, y_pix, am_pix, alpha_n, k, zero, zero_i)
         for g in range(0, ln // SIZE):
-            R = _patch_steps(R, c0 + g * SIZE, *args, SIZE, True, SIZE, BETA, KH, KW, SH, SW, TOH, TOW, BIG)
+            R = _patch_steps(R, c0 + g * SIZE, *args, SIZE, True, SIZE, BETA, TINY, KH, KW, SH, SW, TOH,
+                             TOW, BIG)
         # the last chunk: channels C - HI .. C - 1, whose windows run past C. A loop of 1 trip there and 0
         # elsewhere (C - HI - c0 is ln in the last chunk and more in the others), written as a division so
         # that it stays a loop: the static cost report weights its code by its mean trips, 1 / n_cb.
         for _ in range(0, ln // (C - HI - c0)):
-            R = _patch_steps(R, C - HI, *args, HI, False, SIZE, BETA, KH, KW, SH, SW, TOH, TOW, BIG)
+            R = _patch_steps(R, C - HI, *args, HI, False, SIZE, BETA, TINY, KH, KW, SH, SW, TOH, TOW, BIG)
 
     @triton.jit
     def _pool_fwd_kernel(
@@ -209,7 +212,7 @@ if triton is not None:
         o_n, o_c, o_h, o_w,  # strides of y and am in elements
         KH, KW, SH, SW, PH, PW,  # kernel, stride, padding
         size, lo, alpha_n, k,  # LRN window, channels before c, alpha / size, constant
-        BETA: tl.constexpr,  # LRN exponent
+        BETA: tl.constexpr, TINY: tl.constexpr,  # LRN exponent
         FUSE_LRN: tl.constexpr,  # pool relu_lrn(x) instead of x
         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
@@ -237,7 +240,8 @@ if triton is not None:
                     # (the window's centre is loaded again above: reusing it spills on sm_80 in float64)
                     sumsq, _ = _window_sumsq(x_ptr, x_base, sp_off, c, C, inb, s_c, size, lo)
                     # round to the output dtype before comparing, as the unfused ops would
-                    v = _upcast((_relu(v) * _pow_neg(k + alpha_n * sumsq, BETA)).to(y_ptr.dtype.element_ty))
+                    v = _upcast((_relu(v) * _pow_neg(k + alpha_n * sumsq, BETA,
+                                                     TINY)).to(y_ptr.dtype.element_ty))
                 take = inb & ((v > best) | (v != v))
                 best = tl.where(take, v, best)
                 arg = tl.where(take, kh * KW + kw, arg)
@@ -261,7 +265,8 @@ if triton is not None:
     def _blk_bwd_steps(
         R, T, A, i_first, HW, OHW, x_pix, dx_pix, dy_w, am_w, offs, px_ok, w_ok, alpha_n, k, coef, zero,
         N_STEPS: tl.constexpr, LOAD: tl.constexpr, GATHER: tl.constexpr, DX: tl.constexpr,
-        CHECK: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        CHECK: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, KH: tl.constexpr,
+        KW: tl.constexpr,
         SH: tl.constexpr, SW: tl.constexpr, OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr,
         NWW: tl.constexpr, BIG: tl.constexpr,
     ):
@@ -304,7 +309,7 @@ if triton is not None:
                     r = zero
                 Rp = _shift(R[p], r)
                 if GATHER:
-                    t_j, a_j = _lrn_ta(Rp, gs[p], alpha_n, k, SIZE, BETA)
+                    t_j, a_j = _lrn_ta(Rp, gs[p], alpha_n, k, SIZE, BETA, TINY)
                     if CHECK:  # channels below 0 have no t or a
                         t_j = tl.where(j >= 0, t_j, 0.0)
                         a_j = tl.where(j >= 0, a_j, 0.0)
@@ -330,7 +335,7 @@ if triton is not None:
         C, H, W, OH, OW,
         n_cb, n_q, n_bc,  # channel chunks, pixel blocks in all images, block columns per plane
         L, LL, alpha_n, k,  # main channels per chunk and in the last chunk (multiples of SIZE); alpha / size
-        SIZE: tl.constexpr, BETA: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr, NWW: tl.constexpr,
         BLOCK: tl.constexpr, BIG: tl.constexpr,
@@ -384,20 +389,20 @@ if triton is not None:
         args = (HW, OHW, x_pix, dx_pix, dy_w, am_w, offs, px_ok, w_ok, alpha_n, k, coef, zero)
         # prologue: load channels c0 - SIZE + 1 .. c0 - 1, then c0 .. c0 + SIZE - 2 with their t and a
         R, T, A = _blk_bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE - 1, True, False, False, True,
-                                 SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+                                 SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
         R, T, A = _blk_bwd_steps(R, T, A, c0, *args, SIZE - 1, True, True, False, True,
-                                 SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+                                 SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
         for g in range(0, ln // SIZE):
             i_g = c0 + (SIZE - 1) + g * SIZE
             R, T, A = _blk_bwd_steps(R, T, A, i_g, *args, SIZE, True, True, True, False,
-                                     SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+                                     SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
         # the last chunk: dx of channels C - SIZE + 1 .. C - 1 (loads past C are zeros; so are t and a of
         # channels from C on). A loop of 1 trip there and 0 elsewhere (see _patch_fwd_kernel).
         for _ in range(0, ln // (walked - c0)):
             R, T, A = _blk_bwd_steps(R, T, A, C, *args, HI, False, True, True, False,
-                                     SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+                                     SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
             R, T, A = _blk_bwd_steps(R, T, A, C + HI, *args, LO, False, False, True, False,
-                                     SIZE, BETA, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+                                     SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
 
     # Fused backward. g = gradient of the LRN output (gathered from the pooled gradient), then, with
     # t_c = g_c * r_c * s_c^(-beta-1) (see lrn.py):
@@ -413,7 +418,7 @@ if triton is not None:
         o_n, o_c, o_h, o_w,  # strides of dy and am in elements
         KH, KW, SH, SW, PH, PW,  # kernel, stride, padding
         size, lo, alpha_n, k,  # LRN window, channels before c, alpha / size, constant
-        BETA: tl.constexpr,  # LRN exponent
+        BETA: tl.constexpr, TINY: tl.constexpr,  # LRN exponent
         FUSE_LRN: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
@@ -437,7 +442,7 @@ if triton is not None:
                 cp = c + (d - hi)
                 m = valid & (cp >= 0) & (cp < C)
                 sumsq, r_cp = _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo)
-                p_b, s_inv = _pow_neg2(k + alpha_n * sumsq, BETA)
+                p_b, s_inv = _pow_neg2(k + alpha_n * sumsq, BETA, TINY)
                 g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, OH, OW, o_c, o_h, o_w,
                                          KH, KW, SH, SW, PH, PW, NH, NW)
                 t_sum += tl.where(m, (g_cp * p_b) * (r_cp * s_inv), 0.0)
@@ -463,7 +468,8 @@ _BWD_CONFIGS = {
     torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_HW=128), num_warps=4),
     torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=32), num_warps=4),
 }
-# windows of more than 7 channels: half the tile per thread (triton 3.6 spills 16 bytes with SIZE 9 otherwise)
+# windows of more than 7 channels, and 16-bit dtypes: half the tile per thread (triton 3.6 spills 16 bytes
+# with SIZE 9 otherwise, ptxas 4 bytes for float16 with 3 x 3 windows at stride 1)
 _BWD_CONFIGS_WIDE = {
     torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_HW=64), num_warps=4),
     torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=16), num_warps=4),
@@ -535,7 +541,8 @@ def _launch_patch_forward(x, y, am, pool, size, alpha, beta, k) -> None:
     grid, cfg, (n_cb, n_pc, n_q, chunk, last), trips = _patch_plan(n, c, h, w, oh, ow, x.dtype, pool, size,
                                                                    float(beta), needs_int64(x, y))
     launch("relu_lrn_max_pool2d_fwd", _patch_fwd_kernel, grid,
-           (x, y, am, c, h, w, oh, ow, n_cb, n_q, n_pc, chunk, last, alpha / size, k), cfg, x.device, trips)
+           (x, y, am, c, h, w, oh, ow, n_cb, n_q, n_pc, chunk, last, alpha / size, k), cfg, x.device, trips,
+           TINY=tiny_s(alpha, k))
 
 
 def _patch_bwd_fits(size, pool, h, w, oh, ow, c, dtype) -> bool:
@@ -574,7 +581,7 @@ def _launch_patch_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
                                                                        float(beta), needs_int64(x, dy))
     launch("relu_lrn_max_pool2d_bwd", _patch_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, oh, ow, n_cb, n_q, n_bc, chunk, last, alpha / size, k), cfg, dy.device,
-           trips)
+           trips, TINY=tiny_s(alpha, k))
 
 
 def _lrn_launch_args(lrn):
@@ -598,7 +605,9 @@ def _block_forward(x, kernel, stride, padding, lrn):
         y_n, am_n = pooled_outputs(x.contiguous(), kernel, stride, padding)
         launch_walk_forward(x.contiguous(), y_n, am_n, pool, *lrn)
         return y.copy_(y_n), am.copy_(am_n)
-    if fmt == torch.contiguous_format and _patch_shape(lrn[0], pool, h, w, oh, ow, c, x.dtype):
+    # the patch walks only where loads are inline PTX (see _common.inline_ptx); else the channel walk
+    if fmt == torch.contiguous_format and inline_ptx() and _patch_shape(lrn[0], pool, h, w, oh, ow, c,
+                                                                        x.dtype):
         _launch_patch_forward(x, y, am, pool, *lrn)
         return y, am
     if fmt == torch.contiguous_format and walk_forward_fits(lrn[0], pool, x.dtype):
@@ -613,7 +622,7 @@ def _block_forward(x, kernel, stride, padding, lrn):
     launch("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
            (x, y, am, c, h, w, ow, oh * ow, *strides(x.shape, fmt), *strides(y.shape, fmt), *kernel, *stride,
             *padding, *_lrn_launch_args(lrn)), cfg, x.device, (kernel[0], kernel[1], lrn[0]),
-           BETA=float(lrn[2]), FUSE_LRN=True)
+           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), FUSE_LRN=True)
     return y, am
 
 
@@ -634,7 +643,8 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
                                            *lrn))
     pool = (tuple(kernel), tuple(stride), tuple(padding))
     oh, ow = dy.shape[2:]
-    if fmt == torch.contiguous_format and _patch_bwd_fits(lrn[0], pool, h, w, oh, ow, c, x.dtype):
+    if fmt == torch.contiguous_format and inline_ptx() and _patch_bwd_fits(lrn[0], pool, h, w, oh, ow, c,
+                                                                           x.dtype):
         _launch_patch_backward(x, dy, am, dx, pool, *lrn)
         return dx
     if fmt == torch.contiguous_format and walk_backward_fits(lrn[0], pool):
@@ -644,13 +654,13 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
 
     if fmt == torch.channels_last and block_cl.launch_backward(x, dy, am, dx, pool, *lrn):
         return dx
-    cfg = (_BWD_CONFIGS if lrn[0] <= 7 else _BWD_CONFIGS_WIDE)[fmt]
+    cfg = (_BWD_CONFIGS if lrn[0] <= 7 and x.element_size() > 2 else _BWD_CONFIGS_WIDE)[fmt]
     grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     launch("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *strides(x.shape, fmt), *strides(dy.shape, fmt),
             *kernel, *stride, *padding, *_lrn_launch_args(lrn)), cfg, dy.device,
            (lrn[0], lrn[0], -(-kernel[0] // stride[0]), -(-kernel[1] // stride[1])),
-           BETA=float(lrn[2]), FUSE_LRN=True)
+           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), FUSE_LRN=True)
     return dx
 
 

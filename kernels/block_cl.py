@@ -38,11 +38,12 @@ if triton is not None:
         _lrn_dx,
         _lrn_ta,
         _pow_neg,
+        _ptx,
         _put,
         _relu_up,
         _ring_sumsq,
-        _st,
         _st_if,
+        _st_row,
         _upcast,
     )
 
@@ -58,8 +59,8 @@ if triton is not None:
     @triton.jit
     def _rounded(y0, y1, y_ptr):
         """y0 and y1 rounded to the output dtype (as relu_lrn stores them) and back to float32. bfloat16 on
-        a GPU: one packed conversion for the pair (cvt.rn, as Triton's own per-element conversion)."""
-        if y_ptr.dtype.element_ty == tl.bfloat16:
+        sm_80 and later: one packed conversion for the pair (cvt.rn, as Triton's per-element conversion)."""
+        if y_ptr.dtype.element_ty == tl.bfloat16 and _ptx(80):
             w = tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [y0, y1], dtype=tl.int32,
                                           is_pure=True, pack=1)
             return _bf16_lo(w), _bf16_hi(w)
@@ -114,7 +115,8 @@ if triton is not None:
 
     @triton.jit
     def _row_maxima(row, C, hoffs, hoks, alpha_n, k, zero_i, y_ptr, G: tl.constexpr, SIZE: tl.constexpr,
-                    BETA: tl.constexpr, KW: tl.constexpr, SW: tl.constexpr, TOW: tl.constexpr,
+                    BETA: tl.constexpr, TINY: tl.constexpr, KW: tl.constexpr, SW: tl.constexpr,
+                    TOW: tl.constexpr,
                     VEC: tl.constexpr):
         """The LRN values of one input row's V = (TOW - 1) * SW + KW pixels (row: the first one's channel-c0
         address), rounded to the output dtype, reduced to each window column's maximum: (bests, args),
@@ -127,7 +129,7 @@ if triton is not None:
             r = _span(row + v * C, hoffs, hoks, LO, HI, G, VEC, True)
             ys = ()
             for j in tl.static_range(G):
-                ys = ys + (r[j + LO] * _pow_neg(k + alpha_n * _ring_sumsq(r[j:j + SIZE], SIZE), BETA),)
+                ys = ys + (r[j + LO] * _pow_neg(k + alpha_n * _ring_sumsq(r[j:j + SIZE], SIZE), BETA, TINY),)
             # rounded to the output dtype, as relu_lrn's output is, before they compete
             vals = ()
             for j in tl.static_range(G // 2):
@@ -158,7 +160,7 @@ if triton is not None:
         C, H, W, OH, OW,
         n_cg, n_pc, n_q, n_rows,  # channel groups, column patches, threads per row block, rows per walk
         alpha_n, k,
-        SIZE: tl.constexpr, BETA: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         TOW: tl.constexpr, G: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr,
     ):
@@ -192,7 +194,8 @@ if triton is not None:
         car_b = ()
         car_a = ()
         for u in tl.static_range(OV):
-            b_, a_ = _row_maxima(x_img + (oh0 * SH + u).to(tl.int64) * WC, *consts, G, SIZE, BETA, KW, SW,
+            b_, a_ = _row_maxima(x_img + (oh0 * SH + u).to(tl.int64) * WC, *consts, G, SIZE, BETA, TINY,
+                                 KW, SW,
                                  TOW, VEC)
             car_b = car_b + (b_,)
             car_a = car_a + (a_,)
@@ -201,12 +204,15 @@ if triton is not None:
             rows_b = car_b
             rows_a = car_a
             for u in tl.static_range(OV, KH):
-                b_, a_ = _row_maxima(x_img + (oh * SH + u).to(tl.int64) * WC, *consts, G, SIZE, BETA, KW, SW,
+                b_, a_ = _row_maxima(x_img + (oh * SH + u).to(tl.int64) * WC, *consts, G, SIZE, BETA,
+                                     TINY, KW, SW,
                                      TOW, VEC)
                 rows_b = rows_b + (b_,)
                 rows_a = rows_a + (a_,)
             o_row = oh.to(tl.int64) * OWC
             for b in tl.static_range(TOW):
+                ys = ()
+                ams = ()
                 for j in tl.static_range(G):
                     best = rows_b[0][b * G + j]
                     arg = rows_a[0][b * G + j]
@@ -215,19 +221,22 @@ if triton is not None:
                         take = (v > best) | (v != v)
                         best = tl.where(take, v, best)
                         arg = tl.where(take, rows_a[kh][b * G + j] + kh * KW, arg)
-                    _st(y_img + o_row + (b * C + j), best.to(y_ptr.dtype.element_ty))
-                    _st(am_img + o_row + (b * C + j), arg.to(am_ptr.dtype.element_ty))
+                    ys = ys + (best.to(y_ptr.dtype.element_ty),)
+                    ams = ams + (arg.to(am_ptr.dtype.element_ty),)
+                _st_row(y_img + o_row + b * C, ys, G)
+                _st_row(am_img + o_row + b * C, ams, G)
             car_b = rows_b[SH:]
             car_a = rows_a[SH:]
 
     @triton.jit
     def _add_if(g, am, K: tl.constexpr, d):
-        """g + d where am == K, else g: float32 on a GPU, one compare and a predicated add (a select of
-        g + d would cost a third instruction)."""
-        if g.dtype == tl.float32:
+        """g + d where am == K, else g: float32 on an NVIDIA GPU, one compare and a predicated add (a select
+        of g + d would cost a third instruction). $0 is written before $2..$4 are read: an early-clobber
+        output (=&r), never given an input's register."""
+        if g.dtype == tl.float32 and _ptx(0):
             return tl.inline_asm_elementwise(
                 "mov.b32 $0, $1;\n\t{ .reg .pred p; setp.eq.s32 p, $2, $3; @p add.f32 $0, $1, $4; }",
-                "=r,r,r,r,r", [g, am, tl.zeros_like(am) + K, d], dtype=tl.float32, is_pure=True, pack=1)
+                "=&r,r,r,r,r", [g, am, tl.zeros_like(am) + K, d], dtype=tl.float32, is_pure=True, pack=1)
         else:
             return tl.where(am == K, g + d, g)
 
@@ -291,7 +300,7 @@ if triton is not None:
         C, H, W, OH, OW,
         n_cg, n_bc, n_pr, n_q, n_blocks,  # channel groups, block columns, walks per column, threads, blocks
         alpha_n, k,
-        SIZE: tl.constexpr, BETA: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         PH: tl.constexpr, PW: tl.constexpr,
         OH_LO: tl.constexpr, NWH: tl.constexpr,  # windows holding a block's rows: bh + OH_LO + [0, NWH)
@@ -367,7 +376,7 @@ if triton is not None:
                     as_ = ()
                     for i in tl.static_range(NT):
                         ring = r[i:i + SIZE]
-                        t_i, a_i = _lrn_ta(ring, gs[i][u * SW + v], alpha_n, k, SIZE, BETA)
+                        t_i, a_i = _lrn_ta(ring, gs[i][u * SW + v], alpha_n, k, SIZE, BETA, TINY)
                         # channels outside [0, C) have no t (not even NaN from s = 0)
                         if i < HI:
                             t_i = tl.where(toks[i], t_i, 0.0)
@@ -453,6 +462,8 @@ def _fwd_plan(n, c, oh, ow, pool, size, beta):
 
 def launch_forward(x, y, am, pool, size, alpha, beta, k) -> bool:
     """The channels_last forward, if it applies (see forward_fits): True when launched."""
+    from .lrn import tiny_s
+
     n, c, h, w = x.shape
     oh, ow = y.shape[2:]
     (kh, kw), (sh, sw), _ = pool
@@ -462,7 +473,7 @@ def launch_forward(x, y, am, pool, size, alpha, beta, k) -> bool:
     launch("relu_lrn_max_pool2d_fwd", _cl_fwd_kernel, grid,
            (x, y, am, c, h, w, oh, ow, n_cg, n_pc, n_q, rows, alpha / size, k), cfg, x.device,
            (oh / grid[1],),  # trips: the walks' mean length
-           VEC=_vec(x, c, cfg.constexprs["G"]))
+           VEC=_vec(x, c, cfg.constexprs["G"]), TINY=tiny_s(alpha, k))
     return True
 
 
@@ -487,6 +498,8 @@ def _bwd_plan(n, c, h, w, pool, size, beta):
 
 def launch_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> bool:
     """The channels_last backward, if it applies (see backward_fits): True when launched."""
+    from .lrn import tiny_s
+
     if not backward_fits(x, pool, size):
         return False
     n, c, h, w = x.shape
@@ -494,5 +507,6 @@ def launch_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> bool:
     grid, cfg, (n_cg, n_bc, n_pr, n_q, blocks) = _bwd_plan(n, c, h, w, pool, size, float(beta))
     launch("relu_lrn_max_pool2d_bwd", _cl_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, oh, ow, n_cg, n_bc, n_pr, n_q, blocks, alpha / size, k), cfg, x.device,
-           (blocks,), VEC=min(_vec(x, c, cfg.constexprs["G"]), _vec(dy, c, cfg.constexprs["G"])))
+           (blocks,), VEC=min(_vec(x, c, cfg.constexprs["G"]), _vec(dy, c, cfg.constexprs["G"])),
+           TINY=tiny_s(alpha, k))
     return True

@@ -19,6 +19,7 @@ import torch
 
 from ._common import (
     Config,
+    capability,
     cdiv,
     check_lrn_args,
     check_same_device,
@@ -80,7 +81,8 @@ if triton is not None:
     @triton.jit
     def _fwd_steps(
         R, i0, c0, c_end, C, HW, OH, OW, x_img, y_img, am_img, offs, inb, pr, pc, alpha_n, k, zero,
-        SIZE: tl.constexpr, BETA: tl.constexpr, POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, POOL: tl.constexpr, KH: tl.constexpr,
+        KW: tl.constexpr,
         SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, TOH: tl.constexpr,
         TOW: tl.constexpr, NPIX: tl.constexpr, BIG: tl.constexpr, IN_PLANE: tl.constexpr,
         MASKED: tl.constexpr,
@@ -115,7 +117,7 @@ if triton is not None:
             if POOL:
                 vals = ()
                 for p in tl.static_range(NPIX):
-                    y = R[p][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], SIZE), BETA)
+                    y = R[p][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], SIZE), BETA, TINY)
                     # rounded to the output dtype, as relu_lrn's output is, before it competes
                     vals = vals + (_upcast(y.to(y_img.dtype.element_ty)),)
                 for a in tl.static_range(TOH):
@@ -146,7 +148,7 @@ if triton is not None:
                         tl.store(y_img + o_off, best.to(y_img.dtype.element_ty), mask=o_ok)
                         tl.store(am_img + o_off, arg.to(am_img.dtype.element_ty), mask=o_ok)
             else:
-                y = R[0][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[0], SIZE), BETA)
+                y = R[0][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[0], SIZE), BETA, TINY)
                 if IN_PLANE and not MASKED:  # a pixel two programs hold gets the same value twice
                     tl.store(y_img + cc * HW + offs[0], y.to(y_img.dtype.element_ty))
                 else:
@@ -162,6 +164,7 @@ if triton is not None:
         n_cb, n_t, n_tc,  # channel chunks, pixel tiles per image, tile columns (POOL only)
         alpha_n, k,  # alpha / size, additive constant
         SIZE: tl.constexpr, BETA: tl.constexpr,  # LRN window and exponent: one build per value
+        TINY: tl.constexpr,  # s may be subnormal (k < 2^-126): scaled around the approximations (_pow_neg)
         POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         PH: tl.constexpr, PW: tl.constexpr,  # pooling window, stride, padding (POOL only)
         TOH: tl.constexpr, TOW: tl.constexpr,  # pooled outputs per thread (POOL only)
@@ -227,16 +230,19 @@ if triton is not None:
         args = (c0, c_end, C, HW, OH, OW, x_img, y_img, am_img, offs, inb, pr, pc, alpha_n, k, zero)
         if POOL:  # one build of the steps: a pooled walk's code is large (compile time)
             for g in range(0, n_g):
-                R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH,
+                R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH,
+                               PW, TOH,
                                TOW, NPIX, BIG, IN_PLANE, True)
             return
-        R = _fwd_steps(R, c0 - LO, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW, NPIX, BIG,
+        R = _fwd_steps(R, c0 - LO, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW, NPIX, BIG,
                        IN_PLANE, True)
         for g in range(1, g1):
-            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW,
+            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH, PW,
+                           TOH, TOW,
                            NPIX, BIG, IN_PLANE, False)
         for g in range(g1, n_g):
-            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW,
+            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH, PW,
+                           TOH, TOW,
                            NPIX, BIG, IN_PLANE, True)
 
     # Backward, walking the channels the same way. With r = relu(x), s_c = k + (alpha/size) *
@@ -268,7 +274,8 @@ if triton is not None:
     @triton.jit
     def _bwd_steps(
         R, T, A, i0, c0, c_end, C, HW, OHW, x_img, dy_img, am_img, dx_img, offs, inb, w_offs, w_ok, alpha_n,
-        k, coef, zero, SIZE: tl.constexpr, BETA: tl.constexpr, POOL: tl.constexpr, KH: tl.constexpr,
+        k, coef, zero, SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, POOL: tl.constexpr,
+        KH: tl.constexpr,
         KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
         OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr, NWW: tl.constexpr, NPIX: tl.constexpr,
         BIG: tl.constexpr, IN_PLANE: tl.constexpr, MASKED: tl.constexpr, WARM: tl.constexpr,
@@ -302,7 +309,7 @@ if triton is not None:
             for p in tl.static_range(NPIX):
                 r = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
                 Rp = _shift(R[p], r)
-                t_j, a_j = _lrn_ta(Rp, gs[p], alpha_n, k, SIZE, BETA)
+                t_j, a_j = _lrn_ta(Rp, gs[p], alpha_n, k, SIZE, BETA, TINY)
                 if MASKED:  # channels outside [0, C) have no t or a (not even NaN from s = 0)
                     t_j = tl.where(ok_j, t_j, 0.0)
                     a_j = tl.where(ok_j, a_j, 0.0)
@@ -329,7 +336,7 @@ if triton is not None:
         C, H, W, OH, OW,  # channels, input plane, pooled plane (POOL only)
         n_cb, n_t, n_tc,  # channel chunks, pixel tiles per image, tile columns (POOL only)
         alpha_n, k,  # alpha / size, additive constant
-        SIZE: tl.constexpr, BETA: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
         POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
         PH: tl.constexpr, PW: tl.constexpr,
         OH_LO: tl.constexpr, NWH: tl.constexpr,  # windows holding a block's rows: bh + OH_LO + [0, NWH)
@@ -403,19 +410,24 @@ if triton is not None:
                 coef, zero)
         if POOL:  # one build of the steps: a pooled walk's code is large (compile time)
             for g in range(0, n_g):
-                R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH,
+                R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, TINY, POOL,
+                                     KH, KW, SH,
                                      SW, PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
             return
-        R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, OH_LO,
+        R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH,
+                             PW, OH_LO,
                              NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, SIZE > 1)
         if n_g > 1:
-            R, T, A = _bwd_steps(R, T, A, c0 + 1, *args, SIZE, BETA, POOL, KH, KW, SH, SW, PH, PW, OH_LO, NWH,
+            R, T, A = _bwd_steps(R, T, A, c0 + 1, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH, PW,
+                                 OH_LO, NWH,
                                  OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
         for g in range(2, g1):
-            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW,
+            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH,
+                                 KW, SH, SW,
                                  PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, False, False)
         for g in range(tl.maximum(g1, 2), n_g):
-            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, POOL, KH, KW, SH, SW,
+            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH,
+                                 KW, SH, SW,
                                  PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
 
     # ------------------------------------------ windows wider than WALK_MAX_SIZE (either layout): tiles
@@ -429,7 +441,7 @@ if triton is not None:
         C, HW,  # channels, H * W
         s_n, s_c, s_hw,  # strides in elements (from the shape and layout: (C*HW, HW, 1) or (C*HW, 1, C))
         alpha_n, k,  # alpha / size, additive constant
-        SIZE: tl.constexpr, BETA: tl.constexpr, BIG: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, BIG: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
         LO: tl.constexpr = SIZE // 2
@@ -455,7 +467,7 @@ if triton is not None:
                 s += v * v
             if d == LO:
                 r_c = v
-        y = r_c * _pow_neg(k + alpha_n * s, BETA)
+        y = r_c * _pow_neg(k + alpha_n * s, BETA, TINY)
         tl.store(y_img + c * s_c + sp, y.to(y_ptr.dtype.element_ty), mask=valid)
 
     # Backward (see _lrn_bwd_walk_kernel for the derivation). The 2 * SIZE - 1 channels around c are
@@ -469,7 +481,7 @@ if triton is not None:
         C, HW,  # channels, H * W
         s_n, s_c, s_hw,  # strides of x, dy, dx in elements
         alpha_n, k,  # alpha / size, additive constant
-        SIZE: tl.constexpr, BETA: tl.constexpr, BIG: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, BIG: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
         LO: tl.constexpr = SIZE // 2
@@ -499,7 +511,7 @@ if triton is not None:
             s = rs[d] * rs[d]
             for e in tl.static_range(1, SIZE):
                 s += rs[d + e] * rs[d + e]
-            p_b, s_inv = _pow_neg2(k + alpha_n * s, BETA)
+            p_b, s_inv = _pow_neg2(k + alpha_n * s, BETA, TINY)
             a = _upcast(tl.load(dy_img + cp * s_c + sp, mask=m, other=0.0)) * p_b
             t = tl.where(m, a * (rs[d + LO] * s_inv), 0.0)
             if d == 0:
@@ -545,6 +557,7 @@ if triton is not None:
 
     @triton.jit
     def _cl_fwd_step(ring, x_row, y_row, i, C, alpha_n, k, SIZE: tl.constexpr, BETA: tl.constexpr,
+                     TINY: tl.constexpr,
                      VEC: tl.constexpr, D: tl.constexpr, LOAD: tl.constexpr):
         """Load channels [i, i + VEC) (as _cl_load) and store y of channels [i - D, i - D + VEC). The ring
         (D + LO + VEC values) then holds channels [i - D - LO, i + VEC): output i - D + e's window starts
@@ -554,7 +567,7 @@ if triton is not None:
         ys = ()
         for e in tl.static_range(VEC):
             w = ring[e:e + SIZE]
-            ys = ys + (w[LO] * _pow_neg(k + alpha_n * _ring_sumsq(w, SIZE), BETA),)
+            ys = ys + (w[LO] * _pow_neg(k + alpha_n * _ring_sumsq(w, SIZE), BETA, TINY),)
         _stv(y_row + (i - D), ys, VEC)
         return ring
 
@@ -565,7 +578,7 @@ if triton is not None:
         C, NP,  # channels, pixels of all images (N * H * W)
         n_cb, CHUNK,  # channel chunks and their length (a multiple of VEC; not WHOLE)
         alpha_n, k,  # alpha / size, additive constant
-        SIZE: tl.constexpr, BETA: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
         VEC: tl.constexpr,  # channels per load (C and the pointers aligned to it)
         BLOCK_P: tl.constexpr, UNROLL: tl.constexpr,  # pixels per program; steps per main-loop trip
         WHOLE: tl.constexpr,  # one program walks all C >= D + VEC channels: static edges
@@ -598,15 +611,17 @@ if triton is not None:
         for g in range(0, n_ok // UNROLL):
             for u in tl.static_range(UNROLL):
                 ring = _cl_fwd_step(ring, x_row, y_row, c0 + (g * UNROLL + u) * VEC + D, C, alpha_n, k, SIZE,
-                                    BETA, VEC, D, 1)
+                                    BETA, TINY, VEC, D, 1)
         for m in range(n_ok // UNROLL * UNROLL, n_ok):
-            ring = _cl_fwd_step(ring, x_row, y_row, c0 + m * VEC + D, C, alpha_n, k, SIZE, BETA, VEC, D, 1)
+            ring = _cl_fwd_step(ring, x_row, y_row, c0 + m * VEC + D, C, alpha_n, k, SIZE, BETA, TINY,
+                                VEC, D, 1)
         if WHOLE:  # the last D channels: loads past C, zeros
             for m in tl.static_range(D // VEC):
-                ring = _cl_fwd_step(ring, x_row, y_row, C + m * VEC, C, alpha_n, k, SIZE, BETA, VEC, D, 0)
+                ring = _cl_fwd_step(ring, x_row, y_row, C + m * VEC, C, alpha_n, k, SIZE, BETA, TINY, VEC,
+                                    D, 0)
         else:
             for c in range(c0 + n_ok * VEC, c_end, VEC):
-                ring = _cl_fwd_step(ring, x_row, y_row, c + D, C, alpha_n, k, SIZE, BETA, VEC, D, 2)
+                ring = _cl_fwd_step(ring, x_row, y_row, c + D, C, alpha_n, k, SIZE, BETA, TINY, VEC, D, 2)
 
     # Backward (the formula above _lrn_bwd_walk_kernel, its expressions): a step loads x at channel i,
     # computes t and a of channels [j, j + VEC), j = i - DA (loading dy there), and dx of channels
@@ -615,7 +630,8 @@ if triton is not None:
     # T[e:e + SIZE], t of j + e reads the window R[e + DB - LO:][:SIZE].
     @triton.jit
     def _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, i, C, alpha_n, k, coef, SIZE: tl.constexpr,
-                     BETA: tl.constexpr, VEC: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+                     BETA: tl.constexpr, TINY: tl.constexpr, VEC: tl.constexpr, DA: tl.constexpr,
+                     DB: tl.constexpr,
                      LOAD: tl.constexpr, TA: tl.constexpr, DX: tl.constexpr):
         """LOAD as _cl_load's; TA: 0 no t stage, 1 t and a of zeros (channels known to lie outside
         [0, C)), 2 computed, 3 computed with dy clamped into [0, C) and t, a zero outside; DX: store dx."""
@@ -634,7 +650,7 @@ if triton is not None:
                 g = _ldv(dy_row + j, VEC)
             for e in tl.static_range(VEC):
                 w = R[e + DB - LO:e + DB - LO + SIZE]
-                t_j, a_j = _lrn_ta(w, g[e], alpha_n, k, SIZE, BETA)
+                t_j, a_j = _lrn_ta(w, g[e], alpha_n, k, SIZE, BETA, TINY)
                 if TA == 3:  # channels outside [0, C) have no t or a
                     t_j = tl.where(ok, t_j, 0.0)
                     a_j = tl.where(ok, a_j, 0.0)
@@ -653,7 +669,7 @@ if triton is not None:
         dy_ptr,  # *T (N, C, H, W) gradient of the output, channels_last dense
         dx_ptr,  # *T (N, C, H, W) gradient of the input, channels_last dense
         C, NP, n_cb, CHUNK, alpha_n, k,  # as the forward's
-        SIZE: tl.constexpr, BETA: tl.constexpr, VEC: tl.constexpr, BLOCK_P: tl.constexpr,
+        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, VEC: tl.constexpr, BLOCK_P: tl.constexpr,
         UNROLL: tl.constexpr,
         WHOLE: tl.constexpr,  # one program walks all C >= DA + DB + VEC channels: static edges
     ):
@@ -680,7 +696,8 @@ if triton is not None:
             for m in tl.static_range(2 * DB // VEC):
                 if m * VEC + DA - DB >= 0:  # i = j + DA, j = m * VEC - DB: t and a of zeros while j < 0
                     R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, m * VEC + DA - DB, C, alpha_n, k,
-                                           coef, SIZE, BETA, VEC, DA, DB, 1, 2 if m * VEC >= DB else 1, False)
+                                           coef, SIZE, BETA, TINY, VEC, DA, DB, 1,
+                                           2 if m * VEC >= DB else 1, False)
             c0 = 0
             n_ok = (C - DA - DB) // VEC  # steps whose x load lies in [0, C)
         else:
@@ -688,26 +705,26 @@ if triton is not None:
             c_end = tl.minimum(c0 + CHUNK, C)
             for m in tl.static_range((DA + DB) // VEC):  # x of [c0 - 2 DB, c0 - DB + DA)
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 - 2 * DB + m * VEC, C, alpha_n, k,
-                                       coef, SIZE, BETA, VEC, DA, DB, 2, 0, False)
+                                       coef, SIZE, BETA, TINY, VEC, DA, DB, 2, 0, False)
             for m in tl.static_range(2 * DB // VEC):  # t and a of [c0 - DB, c0 + DB)
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 - DB + DA + m * VEC, C, alpha_n, k,
-                                       coef, SIZE, BETA, VEC, DA, DB, 2, 3, False)
+                                       coef, SIZE, BETA, TINY, VEC, DA, DB, 2, 3, False)
             n_ok = (tl.maximum(tl.minimum(c_end, C - DA - DB), c0) - c0) // VEC
         for g in range(0, n_ok // UNROLL):
             for u in tl.static_range(UNROLL):
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 + (g * UNROLL + u) * VEC + DA + DB,
-                                       C, alpha_n, k, coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
+                                       C, alpha_n, k, coef, SIZE, BETA, TINY, VEC, DA, DB, 1, 2, True)
         for m in range(n_ok // UNROLL * UNROLL, n_ok):
             R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c0 + m * VEC + DA + DB, C, alpha_n, k,
-                                   coef, SIZE, BETA, VEC, DA, DB, 1, 2, True)
+                                   coef, SIZE, BETA, TINY, VEC, DA, DB, 1, 2, True)
         if WHOLE:
             for m in tl.static_range((DA + DB) // VEC):  # i = C + m * VEC: past C (so is j from m = DA / VEC)
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, C + m * VEC, C, alpha_n, k, coef, SIZE,
-                                       BETA, VEC, DA, DB, 0, 2 if m * VEC < DA else 1, True)
+                                       BETA, TINY, VEC, DA, DB, 0, 2 if m * VEC < DA else 1, True)
         else:
             for c in range(c0 + n_ok * VEC, c_end, VEC):
                 R, T, A = _cl_bwd_step(R, T, A, x_row, dy_row, dx_row, c + DA + DB, C, alpha_n, k, coef, SIZE,
-                                       BETA, VEC, DA, DB, 2, 3, True)
+                                       BETA, TINY, VEC, DA, DB, 2, 3, True)
 
 # ------------------------------------------------------------------------------------ launchers
 
@@ -835,17 +852,18 @@ def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
     grid, cfg, trips = _fwd_plan(n, c, h, w, oh, ow, x.dtype, pool, size, float(beta), needs_int64(x, y))
     launch("relu_lrn_fwd" if pool is None else "relu_lrn_max_pool2d_fwd", _lrn_fwd_walk_kernel, grid,
            (x, y, y if am is None else am, c, h, w, oh, ow, cfg.n_cb, cfg.n_t, cfg.n_tc, alpha / size, k),
-           cfg, x.device, trips)
+           cfg, x.device, trips, TINY=tiny_s(alpha, k))
 
 
 def launch_walk_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
     """relu_lrn (pool None) or relu_lrn_max_pool2d backward, NCHW; with pool, dy and am are pooled."""
     n, c, h, w = x.shape
     oh, ow = dy.shape[2:]
-    grid, cfg, trips = _bwd_plan(n, c, h, w, x.dtype, pool, size, float(beta), needs_int64(x, dy))
+    grid, cfg, trips = _bwd_plan(n, c, h, w, x.dtype, pool, size, float(beta), needs_int64(x, dy),
+                                 capability(x))
     launch("relu_lrn_bwd" if pool is None else "relu_lrn_max_pool2d_bwd", _lrn_bwd_walk_kernel, grid,
            (x, dy, dx if am is None else am, dx, c, h, w, oh, ow, cfg.n_cb, cfg.n_t, cfg.n_tc, alpha / size,
-            k), cfg, x.device, trips)
+            k), cfg, x.device, trips, TINY=tiny_s(alpha, k))
 
 
 @dataclass(frozen=True)
@@ -884,13 +902,15 @@ def _fwd_plan(n, c, h, w, oh, ow, dtype, pool, size, beta, big):
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_plan(n, c, h, w, dtype, pool, size, beta, big):
+def _bwd_plan(n, c, h, w, dtype, pool, size, beta, big, cap):
     # long chunks: each costs a halo of 2 * (size - 1) channels and three bound-checked groups; the price
     # is fewer programs (AlexNet's conv2 LRN: 768 of 2 warps), for a GPU run to weigh
     chunk = _chunk(c, size, 2 * size - 2, 4 * _WALK_CHANNELS)
     n_cb = cdiv(c, chunk)
     if pool is None:
         bc, warps = _pixel_block(h * w)
+        if dtype == torch.bfloat16 and 0 < cap < 80:  # NVIDIA before sm_80 (no bfloat16 conversion): 2 pixels
+            warps = bc // 64  # a thread (Triton's emulated rounding spills with 4 on sm_75)
         if bc == 256 and dtype == torch.float32:  # 4 float32 pixels a thread over 2 warps: ptxas spills
             warps = 4
         br, n_t, n_tc = 1, cdiv(h * w, bc), 1
@@ -910,6 +930,13 @@ def _bwd_plan(n, c, h, w, dtype, pool, size, beta, big):
     return (n_cb * n_t * n,), cfg, trips
 
 
+def tiny_s(alpha: float, k: float) -> bool:
+    """Whether s = k + (alpha / size) * sum r^2 may fall below float32's normal range (k < 2^-126, k = 0
+    included, or alpha < 0): the kernels then scale s around their flush-to-zero approximations (_jit.py's
+    _pow_neg, TINY), which would read a subnormal s as 0 and give inf where PyTorch is finite."""
+    return not k >= 2.0 ** -126 or alpha < 0
+
+
 def _lrn_window(size: int) -> int:
     return size // 2  # channels before c: PyTorch pads (size // 2, (size - 1) // 2)
 
@@ -920,7 +947,7 @@ def _launch_tile(kernel, name, tensors, x, fmt, size, alpha, beta, k) -> None:
     s_n, s_c, _, s_w = strides(x.shape, fmt)
     grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     launch(name, kernel, grid, (*tensors, c, h * w, s_n, s_c, s_w, alpha / size, k), cfg, x.device, (),
-           SIZE=size, BETA=float(beta), BIG=needs_int64(x))
+           SIZE=size, BETA=float(beta), TINY=tiny_s(alpha, k), BIG=needs_int64(x))
 
 
 
@@ -980,7 +1007,8 @@ def launch_cl_walk(tensors, x, size, alpha, beta, k, backward: bool) -> None:
                                               _CL_THREADS)
     launch("relu_lrn_bwd" if backward else "relu_lrn_fwd",
            _relu_lrn_cl_bwd_kernel if backward else _relu_lrn_cl_fwd_kernel, grid,
-           (*tensors, c, n * h * w, n_cb, chunk, alpha / size, k), cfg, x.device, trips)
+           (*tensors, c, n * h * w, n_cb, chunk, alpha / size, k), cfg, x.device, trips,
+           TINY=tiny_s(alpha, k))
 
 
 def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:

@@ -1,17 +1,25 @@
-"""Every kernel launch the ops issue compiles for sm_90a and sm_80 without a GPU, exactly as Triton's JIT
-would compile it at runtime (the same integer specialisations, alignment hints, constexprs and
-num_warps), and the ptxas shipped with Triton reports no register spills.
+"""Every kernel launch the ops issue compiles, without a GPU, for the GPUs users own, exactly as Triton's
+JIT would compile it at runtime (the same integer specialisations, alignment hints, constexprs and
+num_warps), with no register spills.
+
+Targets: NVIDIA sm_75 (T4), sm_80 (A100), sm_86 (A10, RTX 30), sm_89 (L4, RTX 40), sm_90a (H100/H200),
+sm_100 (B200), sm_120 (RTX 50), and AMD gfx90a (MI250) and gfx942 (MI300). NVIDIA's spills come from
+the ptxas shipped with Triton, AMD's from the kernel descriptor in the amdgcn assembly (VGPR and SGPR
+spill counts, scratch). Inline PTX is chosen per target at compile time (kernels/_jit.py ``_ptx``): an AMD
+kernel must hold no inline asm at all (its TTIR no ``tt.elementwise_inline_asm``), nor any kernel of the
+build without inline asm (``ALEXNET_NO_ASM=1``, which this test passes on to the compiling process).
 
 The launches are captured with ``kernels._common.recording`` (the public ops, forward and backward, on
-CPU tensors) and compiled by bench/tools/sass_cost.py's machinery under a fake CUDA driver, at AlexNet's
-batch-128 shapes and at small odd shapes, in both memory formats.
+CPU tensors) and compiled by bench/tools/sass_cost.py's machinery under a fake driver that reports the
+target, at AlexNet's batch-128 shapes and at small odd shapes, in both memory formats. AMD launches are
+captured as a ROCm torch issues them (``torch.version.hip`` set: the launchers pick structures without
+inline PTX).
 
-Compiling is what costs (0.2 s to 7 s of CPU a kernel; about 540 distinct compiles for every case in
-every dtype on both targets, some 15 minutes here), so by default the test compiles a plan sized for
-about a minute on 2 cores: AlexNet's shapes in float32 and bfloat16 for sm_90a, and each odd case (per
-layout) in one (dtype, target) pair, the pairs taken in turn so that
-all 8 combinations of float32/float16/bfloat16/float64 and sm_90a/sm_80 come up for every op.
-``COMPILE_SM_FULL=1`` compiles every case in every dtype for both targets. Triton's cache
+Compiling is what costs (0.2 s to 30 s of CPU a kernel), so by default the test compiles a plan sized for
+a few minutes of CPU: AlexNet's shapes in float32 and bfloat16 for sm_90a and in bfloat16 for sm_75 and
+gfx942, and each odd case (per layout) in one (dtype, target) pair, the pairs taken in turn
+over float32/float16/bfloat16/float64 and sm_90a/sm_80/sm_75/gfx942. ``COMPILE_SM_FULL=1`` compiles every
+case in every dtype for every target of the matrix (``.ci/run`` runs it; long). Triton's cache
 (``~/.triton/cache``, or ``TRITON_CACHE_DIR``) makes reruns much faster."""
 
 import json
@@ -26,7 +34,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.environ.get("COMPILE_SM_FULL", "0") not in ("", "0")
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
-ARCHS = (90, 80)
+# the matrix: NVIDIA compute capabilities (sm_90a is 90 here) and AMD architectures
+MATRIX = (75, 80, 86, 89, 90, 100, 120, "gfx90a", "gfx942")
+DEFAULT_TARGETS = (90, 80, 75, "gfx942")  # the default plan's rotation
 BOTH = ["nchw", "channels_last"]
 LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 ALEX = dict(kernel_size=3, stride=2, padding=0)
@@ -73,32 +83,86 @@ def plan() -> list:
     """(op, shape, kwargs, layout, dtype, targets) to capture and compile."""
     items = []
     for op, shape, kwargs, layouts in ALEXNET:
-        # by default the two training dtypes on the target that runs them; float64 and sm_80 come up in
-        # the odd cases' rotation below (the suite must stay within 10 minutes on 2 cores)
-        pairs = [(d, ARCHS) for d in DTYPES] if FULL else [("float32", (90,)), ("bfloat16", (90,))]
+        # by default the two training dtypes on sm_90a, and bfloat16 on sm_75 (its max.NaN, float32 math,
+        # and packed bfloat16 conversions need sm_80: sm_75 takes the other branches) and gfx942; float64
+        # and the other targets come up in the odd cases' rotation below (the suite must stay short)
+        pairs = [(d, MATRIX) for d in DTYPES] if FULL else \
+            [("float32", (90,)), ("bfloat16", (90, 75, "gfx942"))]
         items += [(op, shape, kwargs, layout, d, a) for layout in layouts for d, a in pairs]
-    combos = [(d, a) for a in ARCHS for d in DTYPES]
+    combos = [(d, a) for a in DEFAULT_TARGETS for d in DTYPES]
     turn = {}
     for op, shape, kwargs, layouts in ODD:
         for layout in layouts:
             if FULL:
-                items += [(op, shape, kwargs, layout, d, ARCHS) for d in DTYPES]
-            else:  # the next (dtype, target) pair for this op, arch alternating fastest
+                items += [(op, shape, kwargs, layout, d, MATRIX) for d in DTYPES]
+            else:  # the next (dtype, target) pair for this op, the target changing fastest
                 i = turn.get(op, 0)
                 turn[op] = i + 1
-                d, a = combos[(i % 2) * 4 + (i // 2) % 4]
+                n = len(DEFAULT_TARGETS)
+                d, a = combos[(i % n) * len(DTYPES) + (i // n) % len(DTYPES)]
                 items.append((op, shape, kwargs, layout, d, (a,)))
     return items
 
 
-# Runs in a fresh process without TRITON_INTERPRET: compiling needs real @triton.jit functions.
+# Runs in a fresh process without TRITON_INTERPRET: compiling needs real @triton.jit functions. NVIDIA
+# targets compile through bench/tools/sass_cost.py's compile_all (registers and spills from ptxas), AMD
+# targets here (the amdgcn kernel descriptor), both under a fake driver reporting the target.
 _SCRIPT = textwrap.dedent(r"""
-    import json, sys, time
+    import json, multiprocessing, re, sys, time
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
     import kernels
+    import kernels._common as common
     import bench.tools.sass_cost as sc
 
+    class FakeHipDriver(sc.FakeCudaDriver):
+        # a ROCm device: its own device key, so each JITFunction keeps a separate cache per target
+        def __init__(self, arch):
+            self.arch = arch
+
+        def get_current_target(self):
+            return GPUTarget("hip", self.arch, 64)
+
+        def get_current_device(self):
+            return self.arch
+
+    def warm(launch, target):
+        previous = driver._active
+        driver.set_active(sc.FakeCudaDriver(target) if isinstance(target, int) else FakeHipDriver(target))
+        try:
+            return launch.fn.warmup(*launch.args, grid=launch.grid, **launch.constexprs,
+                                    num_warps=launch.num_warps)
+        finally:
+            driver._active = previous
+
+    def asm_ops(kernel):
+        return kernel.asm["ttir"].count("tt.elementwise_inline_asm")
+
+    JOBS = []
+
+    def compile_hip(i):
+        launch, arch = JOBS[i]
+        t0 = time.perf_counter()
+        try:
+            kernel = warm(launch, arch)
+        except Exception as e:  # reported per kernel
+            return dict(name=launch.name, arch=arch, error=f"{type(e).__name__}: {e}"[-3000:])
+        gcn = kernel.asm.get("amdgcn", "")
+        field = lambda key: sum(int(v) for v in re.findall(rf"\.{key}:\s*(\d+)", gcn))
+        # memory spills: VGPRs spilled to scratch (4 bytes each) and any scratch at all; SGPRs spilled into
+        # VGPR lanes (v_writelane, no memory traffic) are reported apart
+        return dict(name=launch.name, arch=arch, has_cubin=bool(kernel.asm.get("hsaco")),
+                    registers=field("vgpr_count"), sgpr_spills=field("sgpr_spill_count"),
+                    spill_bytes=4 * field("vgpr_spill_count") + field("private_segment_fixed_size"),
+                    ptxas_ok=".vgpr_spill_count" in gcn, inline_asm=asm_ops(kernel),
+                    signature=dict(kernel.src.signature),
+                    aligned=[launch.fn.arg_names[k[0]] for k, v in kernel.src.attrs.items()
+                             if any(a[0] == "tt.divisibility" for a in v)],
+                    num_warps=launch.num_warps, compile_s=round(time.perf_counter() - t0, 3))
+
     t0 = time.time()
-    launches, archs, tags, captured, skipped = [], [], [], [], []
+    nv, amd, captured, skipped = [], [], [], []  # (launch, targets, case)
     for op, shape, kwargs, layout, dtype, targets in json.loads(sys.argv[1]):
         fn = getattr(kernels, op, None)
         if fn is None:
@@ -108,22 +172,55 @@ _SCRIPT = textwrap.dedent(r"""
         if "position" in kwargs:
             kwargs = {**kwargs, "position": tuple(kwargs["position"])}
         call = lambda x, fn=fn, kwargs=kwargs: fn(x, **kwargs)
-        fwd, bwd, _, _ = sc.capture(call, tuple(shape), sc.DTYPES[dtype], layout)
-        for direction, ls in (("fwd", fwd), ("bwd", bwd)):
-            case = dict(op=op, shape=shape, kwargs=repr(kwargs), dtype=dtype, layout=layout,
-                        direction=direction)
-            captured.append({**case, "kernels": [l.name for l in ls]})
-            for l in ls:
-                launches.append(l)
-                archs.append(tuple(targets))
-                tags.append(case)
+        # captured as the launchers plan for each kind of target: sm_80 and later, each capability
+        # before sm_80 (plans that differ there), AMD (torch.version.hip set, as on ROCm)
+        groups = {}
+        for a in targets:
+            groups.setdefault("hip" if isinstance(a, str) else min(a, 80), []).append(a)
+        for group, tgts in groups.items():
+            platform, out = ("hip", amd) if group == "hip" else ("cuda", nv)
+            torch.version.hip = "6.0" if group == "hip" else None  # what the launchers see on ROCm
+            try:
+                with common.compiling_for(0 if group == "hip" else group if group < 80 else 90):
+                    fwd, bwd, _, _ = sc.capture(call, tuple(shape), sc.DTYPES[dtype], layout)
+            finally:
+                torch.version.hip = None
+            for direction, ls in (("fwd", fwd), ("bwd", bwd)):
+                case = dict(op=op, shape=shape, kwargs=repr(kwargs), dtype=dtype, layout=layout,
+                            direction=direction, platform=platform)
+                captured.append({**case, "kernels": [l.name for l in ls]})
+                out += [(l, tgts, case) for l in ls]
     t1 = time.time()
-    results = sc.compile_all(launches, archs, processes=2, sass=False)
     keep = ("name", "arch", "error", "has_cubin", "registers", "spill_bytes", "ptxas_ok", "stack", "local",
-            "signature", "aligned", "num_warps", "occupancy_warps", "compile_s", "compile_cpu_s")
-    out = [{**tag, **{k: r[k] for k in keep if k in r}} for tag, rs in zip(tags, results) for r in rs]
-    print(json.dumps(dict(captured=captured, results=out, skipped=skipped,
-                          distinct=len({id(r) for rs in results for r in rs}),
+            "signature", "aligned", "num_warps", "occupancy_warps", "compile_s", "compile_cpu_s",
+            "inline_asm", "sgpr_spills")
+    out = []
+    if nv:
+        results = sc.compile_all([l for l, _, _ in nv], [tuple(t) for _, t, _ in nv], processes=2, sass=False)
+        checked = {}
+        for (launch, tgts, case), rs in zip(nv, results):
+            for r in rs:
+                if common.NO_ASM and "error" not in r:  # a cache hit: the TTIR of what was compiled
+                    key = sc.spec_key(launch, r["arch"])
+                    if key not in checked:
+                        checked[key] = asm_ops(warm(launch, r["arch"]))
+                    r["inline_asm"] = checked[key]
+                out.append({**case, **{k: r[k] for k in keep if k in r}})
+    if amd:
+        index = {}
+        for launch, tgts, _ in amd:
+            for arch in tgts:
+                key = (sc.spec_key(launch, 90), arch)  # the same specialisation inputs on every target
+                if key not in index:
+                    index[key] = len(JOBS)
+                    JOBS.append((launch, arch))
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            done = pool.map(compile_hip, range(len(JOBS)), chunksize=1)
+        for launch, tgts, case in amd:
+            for arch in tgts:
+                r = done[index[(sc.spec_key(launch, 90), arch)]]
+                out.append({**case, **{k: r[k] for k in keep if k in r}})
+    print(json.dumps(dict(captured=captured, results=out, skipped=skipped, no_asm=common.NO_ASM,
                           seconds=dict(capture=t1 - t0, compile=time.time() - t1))))
 """)
 
@@ -138,9 +235,13 @@ def compiled():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _name(arch) -> str:
+    return arch if isinstance(arch, str) else ("sm_90a" if arch == 90 else f"sm_{arch}")
+
+
 def _where(r) -> str:
     return (f"{r['op']} {r['direction']} {tuple(r['shape'])} {r['kwargs']} {r['dtype']} {r['layout']}: "
-            f"{r['name']} sm_{r['arch']}")
+            f"{r['name']} {_name(r['arch'])}")
 
 
 def test_every_op_and_direction_launches_triton_kernels(compiled):
@@ -149,7 +250,17 @@ def test_every_op_and_direction_launches_triton_kernels(compiled):
     ops = {c["op"] for c in compiled["captured"]}
     assert {"relu_lrn", "max_pool2d", "relu_lrn_max_pool2d", "dropout", "relu_dropout"} <= ops
     assert set(compiled["skipped"]) <= {"relu_max_pool2d"}, compiled["skipped"]
-    assert {r["arch"] for r in compiled["results"]} == {80, 90}
+    wanted = set(MATRIX if FULL else DEFAULT_TARGETS)
+    assert {r["arch"] for r in compiled["results"]} == wanted
+
+
+def test_no_inline_asm_where_there_is_no_ptx(compiled):
+    # AMD kernels, and every kernel of the build without inline asm: the TTIR holds no inline asm
+    bad = [f"{_where(r)}: {r['inline_asm']} inline asm ops" for r in compiled["results"]
+           if (isinstance(r["arch"], str) or compiled["no_asm"]) and r.get("inline_asm", 0)]
+    assert not bad, "\n".join(bad[:10])
+    if compiled["no_asm"]:
+        assert all("inline_asm" in r for r in compiled["results"] if "error" not in r)
 
 
 def test_every_launch_compiles(compiled):
@@ -181,8 +292,9 @@ def test_no_register_spills(compiled):
 
 def test_register_use_allows_two_blocks_per_sm(compiled):
     # 255 is the hardware cap; staying well under it keeps occupancy for these memory-bound kernels
+    # (NVIDIA's; AMD's CDNA GPUs have 512 VGPRs a lane and report the count differently)
     heavy = [f"{_where(r)}: {r['registers']} registers" for r in compiled["results"]
-             if r["dtype"] != "float64" and r.get("registers", 0) > 168]
+             if r["dtype"] != "float64" and isinstance(r["arch"], int) and r.get("registers", 0) > 168]
     assert not heavy, f"{len(heavy)} compiles over 168 registers:\n" + "\n".join(heavy[:12])
 
 

@@ -3,10 +3,17 @@ and (128, 4096) for dropout), int64 indexing past 2^31 elements, tensors on two 
 torch.compile on CUDA tensors. Skipped without a GPU.
 
 ``ALEXNET_CUDA_TESTS_ON=cpu`` runs this file's code on the CPU path at batch 2 (a dry run of the
-tests themselves, for machines without a GPU); the int64 and two-device tests stay skipped."""
+tests themselves, for machines without a GPU); the int64 and two-device tests stay skipped.
+
+Two builds: the kernels as they run (inline PTX on NVIDIA), and, in a subprocess, the same equivalence
+tests with ``ALEXNET_NO_ASM=1`` (every kernel with tl.load / tl.store and Triton's math):
+``test_cuda_build_without_inline_asm`` names that build when it fails, so a GPU failure tells the inline
+PTX from the algorithm. Every test's name carries the build it ran in (``[ptx]`` or ``[no_asm]``)."""
 
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -37,6 +44,13 @@ pytestmark = [] if DRY_RUN else [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 needs_real_gpu = pytest.mark.skipif(DRY_RUN or not torch.cuda.is_available(), reason="needs a CUDA GPU")
+BUILD = "no_asm" if kernels._common.NO_ASM else "ptx"  # which build of the kernels this process runs
+
+
+@pytest.fixture(autouse=True, params=[BUILD])
+def build(request):
+    """The build, in every test's name: test_x[ptx] or test_x[no_asm]."""
+    return request.param
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FORMATS = ["contiguous", "channels_last"]
@@ -101,6 +115,59 @@ def test_cuda_relu_lrn_nan_inf(dtype):
     out, _ = fwd_bwd(kernels.relu_lrn, x, None)
     ref, _ = ref_fwd_bwd(reference.relu_lrn, x, None)
     assert_close_verbose(out, ref, TOLERANCES[dtype], name=f"relu_lrn nan/inf {dtype}")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_relu_lrn_k_zero_subnormal_window_sums(fmt, dtype):
+    # k = 0 and tiny activations: s = alpha / size * sum r^2 (~1e-41) is subnormal; rsqrt.approx.ftz
+    # would read it as 0 and give inf where PyTorch is finite (issue 19, item 6). Forward only: PyTorch's
+    # own backward overflows there (s^-1.75)
+    x = values((BATCH, *CONV2), "normal", 11, dtype, fmt, scale=2e-18)
+    lrn = (5, 1e-4, 0.75, 0.0)
+    ref = reference.relu_lrn(x.float(), *lrn).to(dtype)
+    assert (torch.isfinite(ref) & (ref != 0)).float().mean() > 0.3  # finite nonzero outputs to compare
+    name = f"k=0 {dtype} {fmt}"
+    assert_close_verbose(kernels.relu_lrn(x, *lrn), ref, TOLERANCES[dtype], name="relu_lrn " + name)
+    pooled = F.max_pool2d(reference.relu_lrn(x.float(), *lrn), 3, 2).to(dtype)
+    assert_close_verbose(kernels.relu_lrn_max_pool2d(x, *lrn, 3, 2, 0), pooled, TOLERANCES[dtype],
+                         name="relu_lrn_max_pool2d " + name)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("lrn", [(5, 1e-4, 0.5, 1.0), (5, 1e-3, 1.0, 2.0), (5, 1e-2, 0.6, 0.0),
+                                 (3, 1e-2, 2.0, 1.0)])
+def test_cuda_relu_lrn_other_betas_and_k_zero(fmt, lrn):
+    # the generic power (log2 / exp2) and the other special betas, compiled; k = 0 at normal sums
+    shape = (BATCH, *CONV2)
+    x = values(shape, "normal", 12, torch.float32, fmt, scale=10.0)
+    g = grad(shape, 12, torch.float32)
+    name = f"relu_lrn {fmt} {lrn}"
+    out, dx = fwd_bwd(kernels.relu_lrn, x, g, *lrn)
+    ref, ref_dx = ref_fwd_bwd(reference.relu_lrn, x.double(), g.double(), *lrn)
+    finite = torch.isfinite(ref)
+    assert_close_verbose(out[finite], ref.float()[finite], TOLERANCES[torch.float32], name=name)
+    ok = torch.isfinite(ref_dx)
+    ref_dx = ref_dx.float()
+    assert_close_verbose(dx[ok], ref_dx[ok], grad_tol(torch.float32, ref_dx[ok]), name=name + " backward")
+    pooled = F.max_pool2d(reference.relu_lrn(x.double(), *lrn), 3, 2).float()
+    own = kernels.max_pool2d(kernels.relu_lrn(x, *lrn), 3, 2)
+    block = kernels.relu_lrn_max_pool2d(x, *lrn, 3, 2, 0)
+    assert torch.equal(bits(block), bits(own)), name + ": the block is not max_pool2d(relu_lrn(x)), bitwise"
+    assert_close_verbose(block, pooled, TOLERANCES[torch.float32], name=name + " block")
+
+
+@needs_real_gpu
+@pytest.mark.skipif(kernels._common.NO_ASM, reason="this process runs the build without inline asm")
+def test_cuda_build_without_inline_asm():
+    # the equivalence tests of this file again, every kernel built without inline asm (ALEXNET_NO_ASM=1)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "ALEXNET_NO_ASM": "1", "PYTHONPATH": root}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o",
+                           "addopts=", __file__, "-k", "alexnet_sizes or nan_inf or k_zero or other_betas"],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=1800)
+    tail = "\n".join(proc.stdout.splitlines()[-30:])
+    assert proc.returncode == 0, f"the build without inline asm (ALEXNET_NO_ASM=1) fails:\n{tail}"
 
 
 # ------------------------------------------------------------------------------------- max-pool

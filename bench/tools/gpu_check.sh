@@ -97,7 +97,8 @@ if want 2; then
     if [ -z "$REHEARSE" ]; then
         xdist=; "$PY" -c "import xdist" 2>/dev/null && xdist=1
         "$PY" -c "import pytest_timeout" 2>/dev/null && flags+=(--timeout 100)
-        sel_cuda=(-m cuda tests)
+        # the build without inline asm runs as part 2c, under its own label (not through the subprocess test)
+        sel_cuda=(-m cuda tests -k "not build_without_inline_asm")
         sel_eq=(-m "not cuda" tests/test_ops_block.py tests/test_ops_lrn.py tests/test_ops_relu_maxpool.py
                 tests/test_ops_maxpool.py tests/test_ops_dropout.py tests/test_ops_common.py)
         ops_on=cuda
@@ -117,6 +118,13 @@ if want 2; then
         GPU_CHECK_OPS_ON=$ops_on GPU_CHECK_MAX_EXAMPLES=${MAX_EXAMPLES:-$([ -n "$REHEARSE" ] && echo 1 || echo 3)} \
         run_part "2b (equivalence tests, ops on $ops_on)" "$t2b" "$PY" -m pytest "${flags[@]}" \
         ${xdist:+-n "${EQ_WORKERS:-6}"} "${sel_eq[@]}" || rc_all=1
+    # 2c: the CUDA tests again with every kernel built without inline asm (ALEXNET_NO_ASM=1; test names
+    # end in [no_asm]): a failure in 2a alone is the inline PTX's, in both the algorithm's
+    t2c=$(cap "${P2C_S:-90}" 100)
+    GPU_CHECK_TESTS_JSON="$OUT/p2_tests.json" GPU_CHECK_TESTS_LABEL=cuda_marked_no_asm ALEXNET_NO_ASM=1 \
+        ALEXNET_CUDA_TESTS_ON=$([ -n "$REHEARSE" ] && echo cpu) \
+        run_part "2c (pytest ${sel_cuda[*]}, ALEXNET_NO_ASM=1)" "$t2c" "$PY" -m pytest "${flags[@]}" \
+        ${xdist:+-n "${TEST_WORKERS:-4}"} "${sel_cuda[@]}" || rc_all=1
 fi
 
 # 3. the op benchmark: fused vs eager, float32 and bfloat16, batch 128 (torch.compile is part 6)
