@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import reference
+from tests import _utils as draws
 from tests._utils import (
     EXACT,
     PATHS,
@@ -19,26 +20,15 @@ from tests._utils import (
     assert_memory_format,
     bits,
     custom_op,
-    dtypes,
-    examples,
     grad_tol,
-    lrn_alphas,
-    lrn_betas,
-    lrn_ks,
-    lrn_sizes,
     make_grad,
     make_values,
-    memory_formats,
     on_path,
     op_forward_backward,
     pair,
     pool_out_size,
-    pool_params,
-    pool_shapes,
     ref_forward_backward,
-    seeds,
     to_memory_format,
-    value_kinds,
 )
 
 
@@ -101,9 +91,10 @@ def check_block(path, x, lrn, pool, grad_fmt="contiguous", seed=0, pytorch_grad=
 
 
 @pytest.mark.parametrize("path", PATHS)
-@examples(12)
-@given(pool=pool_params(max_k=4), size=lrn_sizes, alpha=lrn_alphas, beta=lrn_betas, k=lrn_ks, dtype=dtypes,
-       fmt=memory_formats, grad_fmt=memory_formats, kind=value_kinds, seed=seeds,
+@draws.examples(12)
+@given(pool=draws.pool_params(max_k=4), size=draws.lrn_sizes, alpha=draws.lrn_alphas, beta=draws.lrn_betas,
+       k=draws.lrn_ks, dtype=draws.dtypes, fmt=draws.memory_formats, grad_fmt=draws.memory_formats,
+       kind=draws.value_kinds, seed=draws.seeds,
        scale=st.sampled_from([1.0, 10.0]), data=st.data())
 @example(pool=(3, 2, 0), size=5, alpha=1e-4, beta=0.75, k=2.0, dtype=torch.float32, fmt="contiguous",
          grad_fmt="contiguous", kind="normal", seed=0, scale=10.0, data=None)
@@ -117,7 +108,7 @@ def test_relu_lrn_max_pool2d_matches_reference(path, pool, size, alpha, beta, k,
     elif isinstance(data, tuple):  # an explicit example's shape
         shape = data
     else:
-        shape = data.draw(pool_shapes(pool[0], pool[2], max_c=12, max_hw=11))
+        shape = data.draw(draws.pool_shapes(pool[0], pool[2], max_c=12, max_hw=11))
     x = to_memory_format(make_values(shape, kind, seed, dtype, scale), fmt)
     check_block(path, x, (size, alpha, beta, k), pool, grad_fmt, seed)
 
@@ -143,7 +134,8 @@ def test_relu_lrn_max_pool2d_tie_decided_by_its_own_lrn_values(path, fmt):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.float16, marks=pytest.mark.slow),
+                                   torch.bfloat16])  # float16: the exhaustive tier (bfloat16 rounds coarser)
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_relu_lrn_max_pool2d_exact_ties_go_to_the_first_maximum(path, dtype, fmt):
     """Each pixel's channel column is constant, so equal pixels give bit-equal LRN outputs: exact
@@ -158,7 +150,9 @@ def test_relu_lrn_max_pool2d_exact_ties_go_to_the_first_maximum(path, dtype, fmt
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("size,fmt", [(2, "contiguous"), (8, "contiguous"), (9, "contiguous"),
+@pytest.mark.parametrize("size,fmt", [(2, "contiguous"),
+                                      pytest.param(8, "contiguous", marks=pytest.mark.slow),
+                                      (9, "contiguous"),
                                       (5, "channels_last")])
 def test_relu_lrn_max_pool2d_many_channels(path, size, fmt):
     """70 channels: whole and partial channel chunks, LRN windows that straddle two of them."""

@@ -22,17 +22,15 @@ from hypothesis import strategies as st
 import kernels
 from kernels import reference
 from kernels._common import recording
+from tests import _utils as draws
 from tests._utils import (
     PATHS,
     TOLERANCES,
     assert_close_verbose,
     assert_memory_format,
-    dtypes,
-    examples,
     make_grad,
     make_values,
     on_path,
-    seeds,
 )
 
 DROPOUT = importlib.import_module("kernels.dropout")  # the module (kernels.dropout is the function)
@@ -87,8 +85,8 @@ def scale_tol(dtype):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op_name", ["dropout", "relu_dropout"])
-@examples(20)
-@given(shape=any_shapes(), dtype=dtypes, p=probs, seed=seeds, data_seed=seeds,
+@draws.examples(20)
+@given(shape=any_shapes(), dtype=draws.dtypes, p=probs, seed=draws.seeds, data_seed=draws.seeds,
        lay=st.sampled_from(["contiguous", "channels_last", "strided"]))
 def test_dropout_matches_reference_with_recovered_mask(path, op_name, shape, dtype, p, seed, data_seed, lay):
     """Forward == dropout_with_mask(x, mask, p), backward == grad_out * mask / (1 - p) with the same

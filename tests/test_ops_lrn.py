@@ -9,28 +9,19 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import reference
+from tests import _utils as draws
 from tests._utils import (
     PATHS,
     TOLERANCES,
     assert_close_verbose,
     assert_memory_format,
-    dtypes,
-    examples,
     grad_tol,
-    lrn_alphas,
-    lrn_betas,
-    lrn_ks,
-    lrn_sizes,
     make_grad,
     make_values,
-    memory_formats,
-    nchw_shapes,
     on_path,
     op_forward_backward,
     ref_forward_backward,
-    seeds,
     to_memory_format,
-    value_kinds,
 )
 
 
@@ -52,10 +43,10 @@ def check_relu_lrn(path, shape, dtype, fmt, grad_fmt, kind, seed, size, alpha, b
 
 
 @pytest.mark.parametrize("path", PATHS)
-@examples(20)
-@given(shape=nchw_shapes(), dtype=dtypes, fmt=memory_formats, grad_fmt=memory_formats, kind=value_kinds,
-       seed=seeds, size=lrn_sizes, alpha=lrn_alphas, beta=lrn_betas, k=lrn_ks,
-       scale=st.sampled_from([1.0, 10.0]))
+@draws.examples(20)
+@given(shape=draws.nchw_shapes(), dtype=draws.dtypes, fmt=draws.memory_formats, grad_fmt=draws.memory_formats,
+       kind=draws.value_kinds, seed=draws.seeds, size=draws.lrn_sizes, alpha=draws.lrn_alphas,
+       beta=draws.lrn_betas, k=draws.lrn_ks, scale=st.sampled_from([1.0, 10.0]))
 # the paper's conv1 / conv2 blocks at toy sizes, and C < size
 @example(shape=(2, 24, 7, 7), dtype=torch.float32, fmt="contiguous", grad_fmt="contiguous", kind="normal",
          seed=0, size=5, alpha=1e-4, beta=0.75, k=2.0, scale=10.0)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import reference
+from tests import _utils as draws
 from tests._utils import (
     EXACT,
     PATHS,
@@ -19,19 +20,13 @@ from tests._utils import (
     assert_memory_format,
     bits,
     custom_op,
-    dtypes,
-    examples,
     make_grad,
     make_values,
-    memory_formats,
     on_path,
     op_forward_backward,
     pool_grad_tol,
     pool_out_size,
-    pool_params,
-    pool_shapes,
     ref_forward_backward,
-    seeds,
     to_memory_format,
 )
 
@@ -64,9 +59,10 @@ POOL_OPS = ["max_pool2d", "relu_max_pool2d"]
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op", POOL_OPS)
-@examples(25)
-@given(params=pool_params(), dtype=dtypes, fmt=memory_formats, grad_fmt=memory_formats,
-       kind=st.sampled_from([*VALUE_KINDS, "nonpositive"]), seed=seeds, data=st.data())
+@draws.examples(25)
+@given(params=draws.pool_params(), dtype=draws.dtypes, fmt=draws.memory_formats,
+       grad_fmt=draws.memory_formats, kind=st.sampled_from([*VALUE_KINDS, "nonpositive"]), seed=draws.seeds,
+       data=st.data())
 @example(params=(3, 2, 0), dtype=torch.float32, fmt="contiguous", grad_fmt="contiguous", kind="ties",
          seed=0, data=None)
 @example(params=((3, 2), (1, 2), (1, 0)), dtype=torch.bfloat16, fmt="channels_last", grad_fmt="sliced",
@@ -79,15 +75,16 @@ def test_max_pool2d_matches_reference(path, op, params, dtype, fmt, grad_fmt, ki
     maximum in scan order, NaN wins; after the ReLU the first positive maximum, nowhere when the maximum
     is 0, the last NaN as PyTorch's ReLU backward passes the gradient at NaN)."""
     kernel, stride, padding = params
-    shape = data.draw(pool_shapes(kernel, padding)) if data is not None else (2, 5, 13, 11)
+    shape = data.draw(draws.pool_shapes(kernel, padding)) if data is not None else (2, 5, 13, 11)
     x = to_memory_format(make_values(shape, kind, seed, dtype), fmt)
     check_max_pool2d(path, x, kernel, stride, padding, grad_fmt, seed, op=op)
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("op,dtype", [(op, dtype) for op in POOL_OPS for dtype in
-                                      [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-                                      if op == "relu_max_pool2d" or dtype != torch.float64])
+@pytest.mark.parametrize("op,dtype", [  # float16 and float64 in the exhaustive tier (bfloat16 is the coarser)
+    pytest.param(op, dtype, marks=[pytest.mark.slow] if dtype in (torch.float16, torch.float64) else [])
+    for op in POOL_OPS for dtype in [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+    if op == "relu_max_pool2d" or dtype != torch.float64])
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_max_pool2d_paper_config_with_ties(path, op, dtype, fmt):
     """3x3 stride 2 on 13x13 (-> 6x6, conv5's pool) and 27x27 (-> 13x13), integers in [-3, 3]: exact
