@@ -99,7 +99,7 @@ def _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo):
         cc = c + (j - lo)
         m = valid & (cc >= 0) & (cc < C)
         v = _relu(_upcast(tl.load(x_ptr + base + cc.to(tl.int64) * s_c + sp_off, mask=m, other=0.0)))
-        acc += v * v
+        acc = tl.fma(v, v, acc)  # as _ring_sumsq: fma(v0, v0, 0) is v0 * v0
         centre = tl.where(j == lo, v, centre)
     return acc, centre
 
@@ -302,11 +302,40 @@ def _pow_neg_normal(s, BETA: tl.constexpr):
 @triton.jit
 def _ring_sumsq(ring, SIZE: tl.constexpr):
     """Sum of squares of the ring, oldest first: always the same order of channels, whatever kernel
-    or chunk computes it, so every kernel rounds s alike."""
+    or chunk computes it. (Left to LLVM's contraction, which fuses within a basic block only: written
+    as an explicit tl.fma chain it costs 1-2.5% more instructions on relu_lrn's and the NCHW block's
+    rows, and ptxas spills 16 bytes in relu_lrn's float32 NCHW backward at 55 x 55; issue 19, item 3.)"""
     s = ring[0] * ring[0]
     for d in tl.static_range(1, SIZE):
         s += ring[d] * ring[d]
     return s
+
+
+# ------------------------------------------------------------------------------------ the LRN core
+# Every kernel computes LRN with these three helpers, each multiply-add an explicit fma in one order.
+
+
+@triton.jit
+def _lrn_y(r, sumsq, alpha_n, k, BETA: tl.constexpr, TINY: tl.constexpr):
+    """y = r * (k + alpha_n * sumsq) ** -BETA: the forward, from relu(x) of the channel and its window's
+    sum of squares (_ring_sumsq's)."""
+    return r * _pow_neg(tl.fma(alpha_n, sumsq, k), BETA, TINY)
+
+
+@triton.jit
+def _lrn_ta_s(sumsq, r, g, alpha_n, k, BETA: tl.constexpr, TINY: tl.constexpr):
+    """(t, a) of a channel from its window's sum of squares, its relu(x) r and the gradient g of its LRN
+    output: a = g s^-beta, t = a r s^-1 (see lrn.py's backward walk)."""
+    pw_b, s_inv = _pow_neg2(tl.fma(alpha_n, sumsq, k), BETA, TINY)
+    a = g * pw_b
+    return a * (r * s_inv), a
+
+
+@triton.jit
+def _lrn_dx_sum(r_c, a_c, t_sum, coef):
+    """dx of channel c: [x_c > 0] (a_c - coef r_c t_sum), t_sum the sum of t over the channels whose
+    windows hold c, coef = 2 (alpha / size) beta."""
+    return tl.where(r_c > 0, tl.fma(-(coef * r_c), t_sum, a_c), 0.0)
 
 
 @triton.jit
@@ -533,16 +562,14 @@ def _lrn_ta(ring, g, alpha_n, k, SIZE: tl.constexpr, BETA: tl.constexpr, TINY: t
     g of its LRN output: a = g s^-beta, t = a r_j s^-1 = g r_j s^-(beta+1) (see lrn.py's backward walk).
     Every backward kernel computes them with this code, so every layout and fusion gives the same bits."""
     LO: tl.constexpr = SIZE // 2
-    pw_b, s_inv = _pow_neg2(k + alpha_n * _ring_sumsq(ring, SIZE), BETA, TINY)
-    a = g * pw_b
-    return a * (ring[LO] * s_inv), a
+    return _lrn_ta_s(_ring_sumsq(ring, SIZE), ring[LO], g, alpha_n, k, BETA, TINY)
 
 
 @triton.jit
 def _lrn_dx(r_c, a_c, ts, coef, SIZE: tl.constexpr):
     """dx of channel c: [x_c > 0] (a_c - coef r_c sum t) over the SIZE channels whose windows hold c
     (``ts``, oldest first); coef = 2 (alpha / size) beta, r_c = relu(x_c)."""
-    return tl.where(r_c > 0, a_c - coef * r_c * _ring_sum(ts, SIZE), 0.0)
+    return _lrn_dx_sum(r_c, a_c, _ring_sum(ts, SIZE), coef)
 
 
 if INTERPRET:
@@ -574,6 +601,9 @@ if INTERPRET:
     _ring_sum = _ring_sum.fn
     _lrn_ta = _lrn_ta.fn
     _lrn_dx = _lrn_dx.fn
+    _lrn_y = _lrn_y.fn
+    _lrn_ta_s = _lrn_ta_s.fn
+    _lrn_dx_sum = _lrn_dx_sum.fn
     _shift = _shift.fn
     _in_range = _in_range.fn
     _offset = _offset.fn

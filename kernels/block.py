@@ -53,10 +53,11 @@ if triton is not None:
         _ld,
         _ld_idx,
         _lrn_dx,
+        _lrn_dx_sum,
         _lrn_ta,
+        _lrn_ta_s,
+        _lrn_y,
         _offset,
-        _pow_neg,
-        _pow_neg2,
         _put,
         _relu,
         _relu_up,
@@ -109,7 +110,7 @@ if triton is not None:
                     R = _put(R, u * V + v, _shift(R[u * V + v], val))
             vals = ()
             for p in tl.static_range(U * V):
-                y = R[p][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], SIZE), BETA, TINY)
+                y = _lrn_y(R[p][LO], _ring_sumsq(R[p], SIZE), alpha_n, k, BETA, TINY)
                 # rounded to the output dtype, as relu_lrn's output is, before it competes
                 vals = vals + (_upcast(y.to(y_pix.dtype.element_ty)),)
             # pooled separably: PyTorch's rule (the first in-bounds position starts, a value wins when
@@ -240,8 +241,7 @@ if triton is not None:
                     # (the window's centre is loaded again above: reusing it spills on sm_80 in float64)
                     sumsq, _ = _window_sumsq(x_ptr, x_base, sp_off, c, C, inb, s_c, size, lo)
                     # round to the output dtype before comparing, as the unfused ops would
-                    v = _upcast((_relu(v) * _pow_neg(k + alpha_n * sumsq, BETA,
-                                                     TINY)).to(y_ptr.dtype.element_ty))
+                    v = _upcast(_lrn_y(_relu(v), sumsq, alpha_n, k, BETA, TINY).to(y_ptr.dtype.element_ty))
                 take = inb & ((v > best) | (v != v))
                 best = tl.where(take, v, best)
                 arg = tl.where(take, kh * KW + kw, arg)
@@ -442,14 +442,13 @@ if triton is not None:
                 cp = c + (d - hi)
                 m = valid & (cp >= 0) & (cp < C)
                 sumsq, r_cp = _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo)
-                p_b, s_inv = _pow_neg2(k + alpha_n * sumsq, BETA, TINY)
                 g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, OH, OW, o_c, o_h, o_w,
                                          KH, KW, SH, SW, PH, PW, NH, NW)
-                t_sum += tl.where(m, (g_cp * p_b) * (r_cp * s_inv), 0.0)
-                a_self = tl.where(d == hi, g_cp * p_b, a_self)
+                t_cp, a_cp = _lrn_ta_s(sumsq, r_cp, g_cp, alpha_n, k, BETA, TINY)
+                t_sum += tl.where(m, t_cp, 0.0)
+                a_self = tl.where(d == hi, a_cp, a_self)
             x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
-            dr = a_self - (2.0 * alpha_n * BETA) * _relu(x) * t_sum
-            dx = tl.where(x > 0, dr, 0.0)
+            dx = _lrn_dx_sum(_relu(x), a_self, t_sum, (_acc_zeros(valid, x_ptr) + alpha_n) * (2.0 * BETA))
         else:
             dx = _gather_pool_grad(dy_ptr, am_ptr, o_base, c, ih, iw, valid, OH, OW, o_c, o_h, o_w,
                                    KH, KW, SH, SW, PH, PW, NH, NW)

@@ -37,7 +37,7 @@ if triton is not None:
         _ldv,
         _lrn_dx,
         _lrn_ta,
-        _pow_neg,
+        _lrn_y,
         _ptx,
         _put,
         _relu_up,
@@ -129,7 +129,7 @@ if triton is not None:
             r = _span(row + v * C, hoffs, hoks, LO, HI, G, VEC, True)
             ys = ()
             for j in tl.static_range(G):
-                ys = ys + (r[j + LO] * _pow_neg(k + alpha_n * _ring_sumsq(r[j:j + SIZE], SIZE), BETA, TINY),)
+                ys = ys + (_lrn_y(r[j + LO], _ring_sumsq(r[j:j + SIZE], SIZE), alpha_n, k, BETA, TINY),)
             # rounded to the output dtype, as relu_lrn's output is, before they compete
             vals = ()
             for j in tl.static_range(G // 2):

@@ -43,10 +43,10 @@ if triton is not None:
         _in_range,
         _ldv,
         _lrn_dx,
+        _lrn_dx_sum,
         _lrn_ta,
+        _lrn_y,
         _offset,
-        _pow_neg,
-        _pow_neg2,
         _put,
         _relu_up,
         _ring_sumsq,
@@ -117,7 +117,7 @@ if triton is not None:
             if POOL:
                 vals = ()
                 for p in tl.static_range(NPIX):
-                    y = R[p][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[p], SIZE), BETA, TINY)
+                    y = _lrn_y(R[p][LO], _ring_sumsq(R[p], SIZE), alpha_n, k, BETA, TINY)
                     # rounded to the output dtype, as relu_lrn's output is, before it competes
                     vals = vals + (_upcast(y.to(y_img.dtype.element_ty)),)
                 for a in tl.static_range(TOH):
@@ -148,7 +148,7 @@ if triton is not None:
                         tl.store(y_img + o_off, best.to(y_img.dtype.element_ty), mask=o_ok)
                         tl.store(am_img + o_off, arg.to(am_img.dtype.element_ty), mask=o_ok)
             else:
-                y = R[0][LO] * _pow_neg(k + alpha_n * _ring_sumsq(R[0], SIZE), BETA, TINY)
+                y = _lrn_y(R[0][LO], _ring_sumsq(R[0], SIZE), alpha_n, k, BETA, TINY)
                 if IN_PLANE and not MASKED:  # a pixel two programs hold gets the same value twice
                     tl.store(y_img + cc * HW + offs[0], y.to(y_img.dtype.element_ty))
                 else:
@@ -464,10 +464,10 @@ if triton is not None:
             if d == 0:
                 s = v * v
             else:
-                s += v * v
+                s = tl.fma(v, v, s)
             if d == LO:
                 r_c = v
-        y = r_c * _pow_neg(k + alpha_n * s, BETA, TINY)
+        y = _lrn_y(r_c, s, alpha_n, k, BETA, TINY)
         tl.store(y_img + c * s_c + sp, y.to(y_ptr.dtype.element_ty), mask=valid)
 
     # Backward (see _lrn_bwd_walk_kernel for the derivation). The 2 * SIZE - 1 channels around c are
@@ -508,12 +508,9 @@ if triton is not None:
         for d in tl.static_range(SIZE):  # c' = c + d - HI over [c - HI, c + LO]; its window is rs[d:d+SIZE]
             cp = c + (d - HI)
             m = valid & (cp >= 0) & (cp < C)
-            s = rs[d] * rs[d]
-            for e in tl.static_range(1, SIZE):
-                s += rs[d + e] * rs[d + e]
-            p_b, s_inv = _pow_neg2(k + alpha_n * s, BETA, TINY)
-            a = _upcast(tl.load(dy_img + cp * s_c + sp, mask=m, other=0.0)) * p_b
-            t = tl.where(m, a * (rs[d + LO] * s_inv), 0.0)
+            g = _upcast(tl.load(dy_img + cp * s_c + sp, mask=m, other=0.0))
+            t, a = _lrn_ta(rs[d:d + SIZE], g, alpha_n, k, SIZE, BETA, TINY)
+            t = tl.where(m, t, 0.0)
             if d == 0:
                 t_sum = t
             else:
@@ -522,7 +519,7 @@ if triton is not None:
                 a_c = a
         r_c = rs[SIZE - 1]
         coef = (zero + alpha_n) * (2.0 * BETA)  # in the compute dtype (float64 for float64)
-        dx = tl.where(r_c > 0, a_c - coef * r_c * t_sum, 0.0)
+        dx = _lrn_dx_sum(r_c, a_c, t_sum, coef)
         tl.store(dx_img + c * s_c + sp, dx.to(dx_ptr.dtype.element_ty), mask=valid)
 
     # ------------------------------------------------- channels_last: walking the channels of a pixel
@@ -567,7 +564,7 @@ if triton is not None:
         ys = ()
         for e in tl.static_range(VEC):
             w = ring[e:e + SIZE]
-            ys = ys + (w[LO] * _pow_neg(k + alpha_n * _ring_sumsq(w, SIZE), BETA, TINY),)
+            ys = ys + (_lrn_y(w[LO], _ring_sumsq(w, SIZE), alpha_n, k, BETA, TINY),)
         _stv(y_row + (i - D), ys, VEC)
         return ring
 
