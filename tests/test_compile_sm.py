@@ -16,11 +16,11 @@ captured as a ROCm torch issues them (``torch.version.hip`` set: the launchers p
 inline PTX).
 
 Compiling is what costs (0.2 s to 30 s of CPU a kernel), so by default the test compiles a plan sized for
-a few minutes of CPU: AlexNet's shapes in float32 and bfloat16 for sm_90a and in bfloat16 for sm_75 and
-gfx942, and each odd case (per layout) in one (dtype, target) pair, the pairs taken in turn
-over float32/float16/bfloat16/float64 and sm_90a/sm_80/sm_75/gfx942. ``COMPILE_SM_FULL=1`` compiles every
-case in every dtype for every target of the matrix (``.ci/run`` runs it; long). Triton's cache
-(``~/.triton/cache``, or ``TRITON_CACHE_DIR``) makes reruns much faster."""
+a few minutes of CPU: AlexNet's shapes in float32 and bfloat16 for sm_90a, conv1's relu_lrn and fused
+block in bfloat16 for sm_75 and gfx942, and each odd case (per layout) in one (dtype, target) pair, the
+pairs taken in turn over float32/float16/bfloat16/float64 and sm_90a/sm_80/sm_75/gfx942.
+``COMPILE_SM_FULL=1`` compiles every case in every dtype for every target of the matrix (``.ci/run`` runs
+it; long). Triton's cache (``~/.triton/cache``, or ``TRITON_CACHE_DIR``) makes reruns much faster."""
 
 import json
 import os
@@ -83,11 +83,12 @@ def plan() -> list:
     """(op, shape, kwargs, layout, dtype, targets) to capture and compile."""
     items = []
     for op, shape, kwargs, layouts in ALEXNET:
-        # by default the two training dtypes on sm_90a, and bfloat16 on sm_75 (its max.NaN, float32 math,
-        # and packed bfloat16 conversions need sm_80: sm_75 takes the other branches) and gfx942; float64
-        # and the other targets come up in the odd cases' rotation below (the suite must stay short)
-        pairs = [(d, MATRIX) for d in DTYPES] if FULL else \
-            [("float32", (90,)), ("bfloat16", (90, 75, "gfx942"))]
+        # by default the two training dtypes on sm_90a, and for conv1's relu_lrn and fused block bfloat16
+        # on sm_75 (max.NaN, used for its float32 math, and the packed bfloat16 conversions need sm_80: sm_75
+        # takes the other branches) and gfx942; float64 and the other targets come up in the odd cases'
+        # rotation below (the suite must stay short)
+        other = (75, "gfx942") if op.startswith("relu_lrn") and shape[1] == 96 else ()  # conv1's LRN ops
+        pairs = [(d, MATRIX) for d in DTYPES] if FULL else [("float32", (90,)), ("bfloat16", (90, *other))]
         items += [(op, shape, kwargs, layout, d, a) for layout in layouts for d, a in pairs]
     combos = [(d, a) for a in DEFAULT_TARGETS for d in DTYPES]
     turn = {}
