@@ -12,6 +12,7 @@ import torch
 import kernels
 from kernels import _common, reference
 from tests._utils import (
+    EXACT,
     PATHS,
     assert_close_verbose,
     assert_memory_format,
@@ -195,13 +196,13 @@ def compiled():
 
 @pytest.mark.parametrize("op,layout", cases("op", "layout"))
 def test_compile_fullgraph_matches_eager(compiled, op, layout):
-    """torch.compile(fullgraph=True): no graph break, forward and backward those of eager, the output in
-    the input's layout."""
+    """torch.compile(fullgraph=True): no graph break, forward and backward those of eager bit for bit, the
+    output in the input's layout."""
     xs, (eager, comp) = compiled(layout)
     (out, grad), (cout, cgrad) = eager[op.name], comp[op.name]
-    assert_close_verbose(cout, out, op.tol(torch.float32), name=f"{op.name} compiled forward")
-    assert_close_verbose(cgrad, grad, op.grad_tol(torch.float32, op.args, grad, grad),
-                         name=f"{op.name} compiled backward")
+    # the same kernels on the same values: bit for bit
+    assert_close_verbose(cout, out, EXACT, name=f"{op.name} compiled forward")
+    assert_close_verbose(cgrad, grad, EXACT, name=f"{op.name} compiled backward")
     assert_memory_format(cout, xs[OPS.index(op)], f"{op.name} compiled")
 
 
