@@ -8,6 +8,8 @@
 # JSON into $OUT as it goes, so a command stopped at its limit still returns every finished part:
 #     gpu_check_<PART>.log (everything printed), p1_env.json, p2_tests.json, p3_ops.json, p4_ncu.json,
 #     p4_ncu_raw.csv, p5_model.json | p6_compile.json, p7_train.json   (at most 7 files a call)
+# Part 2 runs the CUDA tests in both builds of the kernels: 2a as they run (inline PTX), 2c with
+# ALEXNET_NO_ASM=1 (label cuda_marked_no_asm, test ids carrying [no_asm]), 2b the equivalence tests.
 # Part 1 (the environment, a few seconds) runs in every call. PART takes ranges and lists ("1-5", "6-7",
 # "2,4", "all"). LIMIT_S: the seconds the call may take (the device call's timeout_s less ~60); each part
 # gets at most its cap (P2_S, P3_S, P4_S, P6_S, P7_S) and never more than what is left; part 5 and part 6
@@ -119,7 +121,7 @@ if want 2; then
         run_part "2b (equivalence tests, ops on $ops_on)" "$t2b" "$PY" -m pytest "${flags[@]}" \
         ${xdist:+-n "${EQ_WORKERS:-6}"} "${sel_eq[@]}" || rc_all=1
     # 2c: the CUDA tests again with every kernel built without inline asm (ALEXNET_NO_ASM=1; test names
-    # end in [no_asm]): a failure in 2a alone is the inline PTX's, in both the algorithm's
+    # carry [no_asm]): a failure in 2a alone is the inline PTX's, in both the algorithm's
     t2c=$(cap "${P2C_S:-90}" 100)
     GPU_CHECK_TESTS_JSON="$OUT/p2_tests.json" GPU_CHECK_TESTS_LABEL=cuda_marked_no_asm ALEXNET_NO_ASM=1 \
         ALEXNET_CUDA_TESTS_ON=$([ -n "$REHEARSE" ] && echo cpu) \
