@@ -19,9 +19,10 @@ Compiling is what costs (0.2 s to 30 s of CPU a kernel), so by default the test 
 a few minutes of CPU: AlexNet's shapes in float32 and bfloat16 for sm_90a, conv1's relu_lrn and fused
 block in bfloat16 for sm_75 and gfx942, and each odd case (per layout) in one (dtype, target) pair, the
 pairs taken in turn over float32/float16/bfloat16/float64 and sm_90a/sm_80/sm_75/gfx942.
-``COMPILE_SM_FULL=1`` compiles every case in every dtype for every target of the matrix (``.ci/run`` runs
-it; over an hour on 2 cores; ``COMPILE_SM_TARGETS=75,gfx942`` restricts it). Triton's cache
-(``~/.triton/cache``, or ``TRITON_CACHE_DIR``) makes reruns much faster."""
+``COMPILE_SM_MATRIX=1`` (``.ci/run``) takes the odd cases' turns over every target of the matrix and
+compiles AlexNet's shapes in bfloat16 for each; ``COMPILE_SM_FULL=1`` compiles every case in every dtype for
+every target (hours on 2 cores); ``COMPILE_SM_TARGETS=75,gfx942`` restricts either to those targets.
+Triton's cache (``~/.triton/cache``, or ``TRITON_CACHE_DIR``) makes reruns much faster."""
 
 import json
 import os
@@ -41,6 +42,11 @@ MATRIX = (75, 80, 86, 89, 90, 100, 120, "gfx90a", "gfx942")
 if os.environ.get("COMPILE_SM_TARGETS"):
     MATRIX = tuple(a for a in MATRIX if str(a) in os.environ["COMPILE_SM_TARGETS"].split(","))
 DEFAULT_TARGETS = (90, 80, 75, "gfx942")  # the default plan's rotation
+# COMPILE_SM_MATRIX=1 (.ci/run): the matrix within CI's time: AlexNet's shapes in bfloat16 (the dtype with
+# the most target-dependent code) on every target of MATRIX, float32 on sm_90a, and the odd cases rotating
+# over every target of MATRIX; a few minutes a build, where COMPILE_SM_FULL takes hours
+CI_MATRIX = os.environ.get("COMPILE_SM_MATRIX", "0") not in ("", "0")
+ROTATION = MATRIX if CI_MATRIX else DEFAULT_TARGETS
 BOTH = ["nchw", "channels_last"]
 LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 ALEX = dict(kernel_size=3, stride=2, padding=0)
@@ -92,9 +98,12 @@ def plan() -> list:
         # takes the other branches) and gfx942; float64 and the other targets come up in the odd cases'
         # rotation below (the suite must stay short)
         other = (75, "gfx942") if op.startswith("relu_lrn") and shape[1] == 96 else ()  # conv1's LRN ops
-        pairs = [(d, MATRIX) for d in DTYPES] if FULL else [("float32", (90,)), ("bfloat16", (90, *other))]
+        if FULL:
+            pairs = [(d, MATRIX) for d in DTYPES]
+        else:
+            pairs = [("float32", (90,)), ("bfloat16", MATRIX if CI_MATRIX else (90, *other))]
         items += [(op, shape, kwargs, layout, d, a) for layout in layouts for d, a in pairs]
-    combos = [(d, a) for a in DEFAULT_TARGETS for d in DTYPES]
+    combos = [(d, a) for a in ROTATION for d in DTYPES]
     turn = {}
     for op, shape, kwargs, layouts in ODD:
         for layout in layouts:
@@ -103,7 +112,7 @@ def plan() -> list:
             else:  # the next (dtype, target) pair for this op, the target changing fastest
                 i = turn.get(op, 0)
                 turn[op] = i + 1
-                n = len(DEFAULT_TARGETS)
+                n = len(ROTATION)
                 d, a = combos[(i % n) * len(DTYPES) + (i // n) % len(DTYPES)]
                 items.append((op, shape, kwargs, layout, d, (a,)))
     return items
