@@ -41,6 +41,31 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
 
 
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """The built-in generator at a tiny size: 10 classes, 8 training and 4 validation images each (one
+    folder per test module: a module may damage its copy)."""
+    from train import data
+
+    root, made = data.make_builtin_dataset(str(tmp_path_factory.mktemp("cache")), size=76, train_per_class=8,
+                                           val_per_class=4, processes=1)
+    assert made
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    """A finished one-epoch, two-step run folder of train.run at tiny settings (read only: copy it to
+    change it)."""
+    from tests.test_fault_tolerance import TINY
+    from train import run
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert run.main([*TINY, "--data", tiny_data, "--epochs", "1", "--max-steps-per-epoch", "2",
+                     "--init", "kaiming", "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture
 def sigint_ignored():
     """SIGINT ignored in this process for the test, as in a shell script's background job."""

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from alexnet import launch as launcher
-from tests.test_train import TINY, assert_one_line_error, step_losses
-from train import checkpoint, data, run
+from tests.test_fault_tolerance import train
+from tests.test_train import assert_one_line_error, step_losses
+from train import checkpoint
 
 
 class RunsACommand:
@@ -32,28 +33,6 @@ class RunsACommand:
 def hostile_pt(path, witness) -> None:
     """A .pt whose loading with weights_only=False would create ``witness`` (the issue's example)."""
     torch.save({"model": RunsACommand(f"echo PWNED > {witness}")}, path)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root, _ = data.make_builtin_dataset(str(tmp_path_factory.mktemp("cache")), size=76, train_per_class=8,
-                                        val_per_class=4, processes=1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def one_epoch_run(tiny_data, tmp_path_factory):
-    """A finished one-epoch, two-step run folder (copy it to change it)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert run.main([*TINY, "--data", tiny_data, "--epochs", "1", "--max-steps-per-epoch", "2",
-                     "--ten-crop", "off", "--out", str(out)]) == 0
-    return out
-
-
-def train(capfd, *args) -> tuple[int, str, str]:
-    rc = run.main([*TINY, *map(str, args)])
-    out, err = capfd.readouterr()
-    return rc, out, err
 
 
 def test_the_hostile_file_would_run_its_command_if_unpickled(tmp_path):
@@ -80,11 +59,11 @@ def test_a_hostile_checkpoint_is_refused_in_one_line_and_runs_nothing(how, tiny_
     assert not witness.exists()
 
 
-def test_a_hostile_best_pt_is_replaced_on_resume_without_running_it(one_epoch_run, tmp_path, capfd):
+def test_a_hostile_best_pt_is_replaced_on_resume_without_running_it(finished_run, tmp_path, capfd):
     """The resume's best.pt repair reads best.pt to see whether it holds the best epoch: a hostile one is
     not a checkpoint of this run, so it is replaced by last.pt (the best epoch's), and never run."""
     out = tmp_path / "run"
-    shutil.copytree(one_epoch_run, out)
+    shutil.copytree(finished_run, out)
     witness = tmp_path / "pwned.txt"
     hostile_pt(out / "best.pt", witness)
     rc, _, err = train(capfd, "--resume", out)   # nothing left to train: the repair, then the summary
@@ -93,8 +72,8 @@ def test_a_hostile_best_pt_is_replaced_on_resume_without_running_it(one_epoch_ru
     assert checkpoint.load(out / "best.pt")["state"] == checkpoint.load(out / "last.pt")["state"]
 
 
-def test_todays_checkpoint_holds_only_plain_types(one_epoch_run):
-    ckpt = torch.load(one_epoch_run / "last.pt", weights_only=True)
+def test_todays_checkpoint_holds_only_plain_types(finished_run):
+    ckpt = torch.load(finished_run / "last.pt", weights_only=True)
 
     def plain(x) -> bool:
         if isinstance(x, dict):
@@ -107,8 +86,8 @@ def test_todays_checkpoint_holds_only_plain_types(one_epoch_run):
     assert all(plain(v) for v in ckpt.values())
 
 
-def test_a_truncated_checkpoint_is_one_line(one_epoch_run, tiny_data, tmp_path, capfd):
-    (tmp_path / "cut.pt").write_bytes((one_epoch_run / "last.pt").read_bytes()[:5000])
+def test_a_truncated_checkpoint_is_one_line(finished_run, tiny_data, tmp_path, capfd):
+    (tmp_path / "cut.pt").write_bytes((finished_run / "last.pt").read_bytes()[:5000])
     rc, _, err = train(capfd, "--data", tiny_data, "--evaluate", tmp_path / "cut.pt")
     assert_one_line_error(rc, err, f"cannot read checkpoint {tmp_path / 'cut.pt'}")
 

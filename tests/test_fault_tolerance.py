@@ -32,29 +32,12 @@ TINY = ["--resize", "76", "--image-size", "67", "--width", "0.125", "--batch-siz
 MARK = "ALEXNET_FAULT_TEST"
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """The built-in generator at a tiny size: 10 classes, 8 training and 4 validation images each."""
-    root, _ = data.make_builtin_dataset(str(tmp_path_factory.mktemp("cache")), size=76, train_per_class=8,
-                                        val_per_class=4, processes=1)
-    return root
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_data, tmp_path_factory):
-    """A finished one-epoch, two-step run folder (read only: copy it to change it)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert run.main([*TINY, "--data", tiny_data, "--epochs", "1", "--max-steps-per-epoch", "2",
-                     "--init", "kaiming", "--out", str(out)]) == 0
-    return out
 
 
 def train(capfd, *args) -> tuple[int, str, str]:

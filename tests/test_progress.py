@@ -16,7 +16,7 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from train import data, prepare, progress, run
+from train import prepare, progress, run
 from train.data import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,14 +34,6 @@ class Stream(io.StringIO):
 
     def isatty(self) -> bool:
         return self.tty
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """The built-in generator at a tiny size: 10 classes, 8 training and 4 validation images each."""
-    root, _ = data.make_builtin_dataset(str(tmp_path_factory.mktemp("cache")), size=76, train_per_class=8,
-                                        val_per_class=4, processes=1)
-    return root
 
 
 # ---------------------------------------------------------------------------------------------------------

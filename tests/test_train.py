@@ -28,15 +28,6 @@ METRIC_FIELDS = {"epoch", "train_loss", "val_top1_error", "val_top5_error", "val
                  "val_top5_error_10crop", "lr", "images_per_sec", "seconds"}
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """The built-in generator at a tiny size: 10 classes, 8 training and 4 validation images each."""
-    root, made = data.make_builtin_dataset(str(tmp_path_factory.mktemp("cache")), size=76, train_per_class=8,
-                                           val_per_class=4, processes=1)
-    assert made
-    return root
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models: one thread is as fast, and spares a busy machine from spinning OpenMP threads (torch

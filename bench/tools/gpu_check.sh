@@ -102,11 +102,12 @@ if want 2; then
         # the build without inline asm runs as part 2c, under its own label (not through the subprocess test)
         sel_cuda=(-m cuda tests -k "not build_without_inline_asm")
         sel_eq=(-m "not cuda" tests/test_ops_block.py tests/test_ops_lrn.py tests/test_ops_relu_maxpool.py
-                tests/test_ops_maxpool.py tests/test_ops_dropout.py tests/test_ops_common.py)
+                tests/test_ops_maxpool.py tests/test_ops_dropout.py tests/test_ops_common.py
+                tests/test_op_contracts.py)
         ops_on=cuda
     else  # the dry-run mode of tests/test_ops_cuda.py, and one equivalence test through the wrapper
         sel_cuda=(tests/test_ops_cuda.py -k "relu_lrn_nan_inf")
-        sel_eq=(tests/test_ops_relu_maxpool.py -k "matches_reference")
+        sel_eq=(tests/test_ops_maxpool.py -k "matches_reference and relu_max_pool2d")
         ops_on=cpu
     fi
     t2a=$(( t2 * 2 / 3 )); t2_start=$(date +%s)
