@@ -27,6 +27,33 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# Interpreted kernels are single-threaded Python: the default tier runs on one pytest-xdist worker per core
+# (the dev extra installs it), each with its share of torch's threads. `-n 0` runs in one process; without
+# pytest-xdist (a lent GPU machine) or with a CUDA GPU the suite runs in one process, as before.
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    torch.set_num_threads(max(1, _cores() // WORKERS))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """``-n auto --dist worksteal`` unless told otherwise (runs before pytest-xdist reads its options)."""
+    if (getattr(config.option, "numprocesses", 0) is None and not HAS_CUDA and not config.option.collectonly
+            and not config.option.usepdb and "PYTEST_XDIST_WORKER" not in os.environ):
+        config.option.numprocesses = "auto"
+        if config.option.dist == "no":
+            config.option.dist = "worksteal"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    return _cores()
+
+
 def pytest_report_header(config):
     return f"tier: {'exhaustive' if EXHAUSTIVE else 'default (ALEXNET_EXHAUSTIVE=1 for the exhaustive tier)'}"
 
@@ -64,6 +91,16 @@ def finished_run(tiny_data, tmp_path_factory):
     assert run.main([*TINY, "--data", tiny_data, "--epochs", "1", "--max-steps-per-epoch", "2",
                      "--init", "kaiming", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny training runs: as fast, and spares a busy machine from
+    spinning OpenMP threads (torch was imported before train/__init__.py could ask for passive waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

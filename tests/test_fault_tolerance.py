@@ -24,7 +24,8 @@ import pytest
 import torch
 
 from tests.test_train import assert_one_line_error
-from train import checkpoint, data, report, run
+from tests.test_train import train as run_train
+from train import checkpoint, data, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--resize", "76", "--image-size", "67", "--width", "0.125", "--batch-size", "16", "--workers", "0",
@@ -32,18 +33,11 @@ TINY = ["--resize", "76", "--image-size", "67", "--width", "0.125", "--batch-siz
 MARK = "ALEXNET_FAULT_TEST"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(capfd, *args) -> tuple[int, str, str]:
-    rc = run.main([*TINY, *map(str, args)])
-    out, err = capfd.readouterr()
-    return rc, out, err
+    return run_train(capfd, *args, base=TINY)
 
 
 def all_finite(ckpt: dict) -> bool:

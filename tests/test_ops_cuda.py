@@ -57,6 +57,15 @@ FORMATS = ["contiguous", "channels_last"]
 CONV1, CONV2, CONV5 = (96, 55, 55), (256, 27, 27), (256, 13, 13)
 
 
+def alexnet_inputs(*chws):
+    """Parametrizes a test over AlexNet planes (C, H, W) (``chw``), every dtype and both layouts."""
+    def parametrize(test):
+        for name, values_ in (("fmt", FORMATS), ("dtype", DTYPES), ("chw", list(chws))):
+            test = pytest.mark.parametrize(name, values_)(test)
+        return test
+    return parametrize
+
+
 @pytest.fixture(autouse=True)
 def _path():
     """On the dry run, CPU tensors take the plain-PyTorch path (the interpreter would take hours)."""
@@ -93,9 +102,7 @@ def ref_fwd_bwd(fn, x, g, *args):
 # ------------------------------------------------------------------------------------------ LRN
 
 
-@pytest.mark.parametrize("chw", [CONV1, CONV2])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("fmt", FORMATS)
+@alexnet_inputs(CONV1, CONV2)
 def test_cuda_relu_lrn_alexnet_sizes(chw, dtype, fmt):
     shape = (BATCH, *chw)
     x = values(shape, "normal", 1, dtype, fmt, scale=10.0)
@@ -173,9 +180,7 @@ def test_cuda_build_without_inline_asm():
 # ------------------------------------------------------------------------------------- max-pool
 
 
-@pytest.mark.parametrize("chw", [CONV1, CONV2, CONV5])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("fmt", FORMATS)
+@alexnet_inputs(CONV1, CONV2, CONV5)
 @pytest.mark.parametrize("kind", ["ties", "special"])
 def test_cuda_max_pool2d_alexnet_sizes(chw, dtype, fmt, kind):
     shape = (BATCH, *chw)
@@ -196,9 +201,7 @@ def test_cuda_max_pool2d_alexnet_sizes(chw, dtype, fmt, kind):
 # ---------------------------------------------------------------------------------- fused block
 
 
-@pytest.mark.parametrize("chw", [CONV1, CONV2])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("fmt", FORMATS)
+@alexnet_inputs(CONV1, CONV2)
 def test_cuda_relu_lrn_max_pool2d_alexnet_sizes(chw, dtype, fmt):
     shape = (BATCH, *chw)
     x = values(shape, "normal", 4, dtype, fmt, scale=10.0)

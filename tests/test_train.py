@@ -28,18 +28,13 @@ METRIC_FIELDS = {"epoch", "train_loss", "val_top1_error", "val_top5_error", "val
                  "val_top5_error_10crop", "lr", "images_per_sec", "seconds"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast, and spares a busy machine from spinning OpenMP threads (torch
-    was imported before train/__init__.py could ask for passive waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def train(capfd, *args) -> tuple[int, str, str]:
-    rc = run.main([*TINY, *map(str, args)])
+def train(capfd, *args, base=TINY) -> tuple[int, str, str]:
+    """train.run's main in this process at tiny settings (``base``), args after them: (exit code, stdout,
+    stderr)."""
+    rc = run.main([*base, *map(str, args)])
     out, err = capfd.readouterr()
     return rc, out, err
 
