@@ -261,7 +261,6 @@ class Launch:
     args: tuple  # positional arguments, tensors included
     constexprs: dict  # constexpr keyword arguments
     num_warps: int
-    trips: tuple  # mean trip count per program of each runtime (not unrolled) loop, in source order
     device: torch.device
 
 
@@ -286,16 +285,13 @@ def device_guard(device: torch.device):
     return contextlib.nullcontext()
 
 
-def launch(name: str, fn, grid: tuple, args: tuple, cfg: Config, device: torch.device,
-           trips: tuple = (), **constexprs) -> None:
+def launch(name: str, fn, grid: tuple, args: tuple, cfg: Config, device: torch.device, **constexprs) -> None:
     """Launch ``fn[grid](*args, **cfg.constexprs, **constexprs)`` under ``device``'s guard (or hand it
-    to the active recorder). ``trips``: the mean trip count per program of each runtime loop of the
-    kernel, in source order, for the static cost report."""
+    to the active recorder)."""
     constexprs = {**cfg.constexprs, **constexprs}
     with device_guard(device):
         recorder = getattr(_state, "recorder", None)
         if recorder is not None:
-            recorder(Launch(name, fn, tuple(grid), tuple(args), constexprs, cfg.num_warps, tuple(trips),
-                            device))
+            recorder(Launch(name, fn, tuple(grid), tuple(args), constexprs, cfg.num_warps, device))
             return
         fn[grid](*args, **constexprs, num_warps=cfg.num_warps)

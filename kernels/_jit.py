@@ -83,38 +83,35 @@ def _relu(v):
 
 
 @triton.jit
-def _pow(s, e):
-    # s ** e for s >= 0 (s = 0 gives 0 ** e, inf ** e as IEEE pow)
-    return tl.exp2(e * tl.log2(s))
-
-
-@triton.jit
-def _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo):
+def _window_sumsq(x_ptr, base, sp_off, c, C, valid, s_c, size, lo, BIG: tl.constexpr):
     """(sum over c' in [c - lo, c - lo + size) of relu(x[c'])^2, relu(x[c])) for a tile of channels c
     and spatial offsets sp_off; channels outside [0, C) count as 0 (PyTorch's zero padding). The
-    centre comes from the same loads, so the caller needs no load of its own."""
+    centre comes from the same loads, so the caller needs no load of its own. BIG: int64 offsets."""
     acc = _acc_zeros(valid, x_ptr)
     centre = acc
     for j in range(size):
         cc = c + (j - lo)
         m = valid & (cc >= 0) & (cc < C)
-        v = _relu(_upcast(tl.load(x_ptr + base + cc.to(tl.int64) * s_c + sp_off, mask=m, other=0.0)))
+        v = _relu(_upcast(tl.load(x_ptr + base + _offset(cc, BIG) * s_c + sp_off, mask=m, other=0.0)))
         acc = tl.fma(v, v, acc)  # as _ring_sumsq: fma(v0, v0, 0) is v0 * v0
         centre = tl.where(j == lo, v, centre)
     return acc, centre
 
 
 @triton.jit
-def _gather_pool_grad(
-    dy_ptr, am_ptr, o_base, c, ih, iw, mask, OH, OW, o_c, o_h, o_w, KH, KW, SH, SW, PH, PW, NH, NW
-):
-    """Gradient reaching input (c, ih, iw) from the windows whose argmax it is, summed in the
-    windows' row-major order (as PyTorch's gather does). NH, NW: at least the number of window
-    rows / columns that can contain one position, ceil(K / S); a constexpr lets Triton unroll."""
+def _gather_pool_grad(dy_ptr, am_ptr, o_base, c, ih, iw, mask, out, o_strides, pool, BIG: tl.constexpr):
+    """Gradient reaching input (c, ih, iw) from the windows whose argmax it is, summed in the windows'
+    row-major order (as PyTorch's gather does). out = (OH, OW); o_strides = the channel, row and column
+    strides of dy and am; pool = (KH, KW, SH, SW, PH, PW). BIG: int64 offsets."""
+    OH, OW = out
+    o_c, o_h, o_w = o_strides
+    KH, KW, SH, SW, PH, PW = pool
+    NH = (KH + SH - 1) // SH  # windows per row / column that can contain one position
+    NW = (KW + SW - 1) // SW
     g = _acc_zeros(mask, dy_ptr)
     oh_last = (ih + PH) // SH  # the last window row that can contain ih
     ow_last = (iw + PW) // SW
-    c_off = c.to(tl.int64) * o_c
+    c_off = _offset(c, BIG) * o_c
     for a in range(NH):
         oh = oh_last - (NH - 1) + a
         kh = ih + PH - oh * SH
@@ -123,7 +120,7 @@ def _gather_pool_grad(
             ow = ow_last - (NW - 1) + b
             kw = iw + PW - ow * SW
             m = ok_h & (ow >= 0) & (ow < OW) & (kw < KW)
-            off = o_base + c_off + oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w
+            off = o_base + c_off + _offset(oh, BIG) * o_h + _offset(ow, BIG) * o_w
             am = tl.load(am_ptr + off, mask=m, other=-1).to(tl.int32)
             hit = m & (am == kh * KW + kw)
             g += _upcast(tl.load(dy_ptr + off, mask=hit, other=0.0))

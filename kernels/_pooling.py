@@ -30,6 +30,14 @@ def argmax_sentinel(dtype: torch.dtype) -> int:
     return 255 if dtype == torch.uint8 else -1
 
 
+def block_windows(k: int, s: int, p: int) -> tuple[int, int]:
+    """(first, count): the pooled rows oh = b + first + [0, count) whose windows (size k, stride s,
+    padding p) can hold a row of the block of s input rows starting at b * s."""
+    first = -((k - 1 - p) // s)  # ceil((p - k + 1) / s)
+    last = (s - 1 + p) // s
+    return first, last - first + 1
+
+
 def _window_origins(oh: int, ow: int, stride, padding, device):
     """Row (1, 1, OH, 1) and column (1, 1, 1, OW) of each pooled output's window origin."""
     rows = (torch.arange(oh, device=device) * stride[0] - padding[0]).view(1, 1, -1, 1)

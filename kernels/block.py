@@ -29,20 +29,8 @@ from ._common import (
     triton,
     use_triton,
 )
-from ._pooling import input_grad, pool_backward_torch, pool_forward_torch, pooled_outputs
-from .lrn import (
-    _lrn_window,
-    _windows,
-    launch_walk_backward,
-    launch_walk_forward,
-    lrn_backward_torch,
-    lrn_forward_torch,
-    needs_int64,
-    strides,
-    tiny_s,
-    walk_backward_fits,
-    walk_forward_fits,
-)
+from ._pooling import block_windows, input_grad, pool_backward_torch, pool_forward_torch, pooled_outputs
+from .lrn import _lrn_window, lrn_backward_torch, lrn_forward_torch, needs_int64, strides, tiny_s
 
 # ------------------------------------------------------------------------------------- kernels
 
@@ -82,12 +70,13 @@ if triton is not None:
     # chunk ends at C - HI (overlapping its neighbour: the same values stored twice) and then finishes
     # the last HI channels without loads (zeros past C, PyTorch's padding). Only the prologue, the
     # first SIZE - 1 loads of a chunk, tests a channel bound.
+    # The steps' groups: plane = (H * W, OH * OW, W, OW); ptrs = (x, y, am at the patch's first pixel and
+    # output); lrn = (alpha / size, k); zeros = (float and int zeros, one per thread).
     @triton.jit
     def _patch_steps(
-        R, c_first, HW, OHW, W, OW, x_pix, y_pix, am_pix, alpha_n, k, zero, zero_i,
-        N_STEPS: tl.constexpr, LOAD: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
-        KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, TOH: tl.constexpr,
-        TOW: tl.constexpr, BIG: tl.constexpr,
+        R, c_first, plane, ptrs, lrn, zeros, N_STEPS: tl.constexpr, LOAD: tl.constexpr, SIZE: tl.constexpr,
+        BETA: tl.constexpr, TINY: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
+        SW: tl.constexpr, TOH: tl.constexpr, TOW: tl.constexpr, BIG: tl.constexpr,
     ):
         """N_STEPS steps from channel c_first: load channel c + HI (LOAD; else shift in zeros), compute
         channel c's LRN at the patch's pixels, pool it and store the patch's outputs."""
@@ -95,6 +84,10 @@ if triton is not None:
         HI: tl.constexpr = SIZE - 1 - LO
         U: tl.constexpr = (TOH - 1) * SH + KH
         V: tl.constexpr = (TOW - 1) * SW + KW
+        HW, OHW, W, OW = plane
+        x_pix, y_pix, am_pix = ptrs
+        alpha_n, k = lrn
+        zero, zero_i = zeros
         for j in tl.static_range(N_STEPS):
             c = c_first + j
             if LOAD:
@@ -193,15 +186,13 @@ if triton is not None:
                 for v in tl.static_range(V):
                     val = tl.where(i >= 0, _relu_up(_ld(row + v)), 0.0)
                     R = _put(R, u * V + v, _shift(R[u * V + v], val))
-        args = (HW, OHW, W, OW, x_pix, y_pix, am_pix, alpha_n, k, zero, zero_i)
+        args = ((HW, OHW, W, OW), (x_pix, y_pix, am_pix), (alpha_n, k), (zero, zero_i))
         for g in range(0, ln // SIZE):
-            R = _patch_steps(R, c0 + g * SIZE, *args, SIZE, True, SIZE, BETA, TINY, KH, KW, SH, SW, TOH,
-                             TOW, BIG)
-        # the last chunk: channels C - HI .. C - 1, whose windows run past C. A loop of 1 trip there and 0
-        # elsewhere (C - HI - c0 is ln in the last chunk and more in the others), written as a division so
-        # that it stays a loop: the static cost report weights its code by its mean trips, 1 / n_cb.
-        for _ in range(0, ln // (C - HI - c0)):
-            R = _patch_steps(R, C - HI, *args, HI, False, SIZE, BETA, TINY, KH, KW, SH, SW, TOH, TOW, BIG)
+            R = _patch_steps(R, c0 + g * SIZE, *args, N_STEPS=SIZE, LOAD=True, SIZE=SIZE, BETA=BETA,
+                             TINY=TINY, KH=KH, KW=KW, SH=SH, SW=SW, TOH=TOH, TOW=TOW, BIG=BIG)
+        if last:  # channels C - HI .. C - 1, whose windows run past C: no loads
+            R = _patch_steps(R, C - HI, *args, N_STEPS=HI, LOAD=False, SIZE=SIZE, BETA=BETA, TINY=TINY, KH=KH,
+                             KW=KW, SH=SH, SW=SW, TOH=TOH, TOW=TOW, BIG=BIG)
 
     @triton.jit
     def _pool_fwd_kernel(
@@ -214,8 +205,7 @@ if triton is not None:
         KH, KW, SH, SW, PH, PW,  # kernel, stride, padding
         size, lo, alpha_n, k,  # LRN window, channels before c, alpha / size, constant
         BETA: tl.constexpr, TINY: tl.constexpr,  # LRN exponent
-        FUSE_LRN: tl.constexpr,  # pool relu_lrn(x) instead of x
-        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BIG: tl.constexpr,  # tile; int64 offsets in an image
     ):
         pid_c, pid_p, n = _tile_ids(C, BLOCK_C, P, BLOCK_P)
         c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]  # (BLOCK_C, 1)
@@ -226,7 +216,7 @@ if triton is not None:
         h0 = oh * SH - PH  # window origin, may be negative inside the padding
         w0 = ow * SW - PW
         x_base = n.to(tl.int64) * s_n
-        c_off = c.to(tl.int64) * s_c
+        c_off = _offset(c, BIG) * s_c
 
         best = _acc_zeros(valid, y_ptr) - float("inf")
         arg = (tl.maximum(-h0, 0) * KW + tl.maximum(-w0, 0)) + tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
@@ -235,24 +225,24 @@ if triton is not None:
             for kw in range(KW):
                 iw = w0 + kw
                 inb = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                sp_off = ih.to(tl.int64) * s_h + iw.to(tl.int64) * s_w
+                sp_off = _offset(ih, BIG) * s_h + _offset(iw, BIG) * s_w
                 v = _upcast(tl.load(x_ptr + x_base + c_off + sp_off, mask=inb, other=float("-inf")))
-                if FUSE_LRN:
-                    # (the window's centre is loaded again above: reusing it spills on sm_80 in float64)
-                    sumsq, _ = _window_sumsq(x_ptr, x_base, sp_off, c, C, inb, s_c, size, lo)
-                    # round to the output dtype before comparing, as the unfused ops would
-                    v = _upcast(_lrn_y(_relu(v), sumsq, alpha_n, k, BETA, TINY).to(y_ptr.dtype.element_ty))
+                # (the window's centre is loaded again above: reusing it spills on sm_80 in float64)
+                sumsq, _ = _window_sumsq(x_ptr, x_base, sp_off, c, C, inb, s_c, size, lo, BIG)
+                # round to the output dtype before comparing, as the unfused ops would
+                v = _upcast(_lrn_y(_relu(v), sumsq, alpha_n, k, BETA, TINY).to(y_ptr.dtype.element_ty))
                 take = inb & ((v > best) | (v != v))
                 best = tl.where(take, v, best)
                 arg = tl.where(take, kh * KW + kw, arg)
 
-        o_off = n.to(tl.int64) * o_n + c.to(tl.int64) * o_c + oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w
+        o_off = n.to(tl.int64) * o_n + (_offset(c, BIG) * o_c + _offset(oh, BIG) * o_h
+                                        + _offset(ow, BIG) * o_w)
         tl.store(y_ptr + o_off, best.to(y_ptr.dtype.element_ty), mask=valid)
         tl.store(am_ptr + o_off, arg.to(am_ptr.dtype.element_ty), mask=valid)
 
     # ---------------------------------------------- NCHW backward: pixel blocks walking the channels
-    # A thread owns an SH x SW block of input pixels of one image (the pixels of the NWH x NWW windows
-    # that can hold them at constant window positions, as in lrn.py's pooled backward walk) and walks a
+    # A thread owns an SH x SW block of input pixels of one image (and reads the NWH x NWW windows that
+    # can hold them: a pixel's position inside each window is a constant, block_windows) and walks a
     # chunk of channels with three rings per pixel: r = relu(x), t and a (lrn.py's derivation above
     # _lrn_bwd_walk_kernel). Step "load i": load x_i, finish t and a of channel j = i - HI (its pooled
     # gradient routed through the argmax of the windows), finish dx of channel c = i - SIZE + 1. A chunk
@@ -261,18 +251,24 @@ if triton is not None:
     # halo); the last chunk finishes channels C - SIZE + 1 .. C - 1 without loads. Only the prologue
     # tests channel bounds; only a block at the plane's far edge has pixels or windows outside it
     # (clamped, their windows' gradients zeroed, their stores skipped).
+    # The steps' groups: planes = (H * W, OH * OW); pix = (x and dx at the image's start, the block's
+    # pixel offsets and which lie in the plane); wins = (dy and am at the windows, which lie in the plane);
+    # lrn = (alpha / size, k, 2 (alpha / size) beta). Flags: LOAD channel i (else zeros), GATHER t and a
+    # of channel j, store DX of channel c, CHECK channel bounds (the prologue).
     @triton.jit
     def _blk_bwd_steps(
-        R, T, A, i_first, HW, OHW, x_pix, dx_pix, dy_w, am_w, offs, px_ok, w_ok, alpha_n, k, coef, zero,
-        N_STEPS: tl.constexpr, LOAD: tl.constexpr, GATHER: tl.constexpr, DX: tl.constexpr,
-        CHECK: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, KH: tl.constexpr,
-        KW: tl.constexpr,
-        SH: tl.constexpr, SW: tl.constexpr, OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr,
-        NWW: tl.constexpr, BIG: tl.constexpr,
+        R, T, A, i_first, planes, pix, wins, lrn, zero, N_STEPS: tl.constexpr, LOAD: tl.constexpr,
+        GATHER: tl.constexpr, DX: tl.constexpr, CHECK: tl.constexpr, SIZE: tl.constexpr, BETA: tl.constexpr,
+        TINY: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+        OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr, NWW: tl.constexpr, BIG: tl.constexpr,
     ):
         LO: tl.constexpr = SIZE // 2
         HI: tl.constexpr = SIZE - 1 - LO
         NPIX: tl.constexpr = SH * SW
+        HW, OHW = planes
+        x_pix, dx_pix, offs, px_ok = pix
+        dy_w, am_w, w_ok = wins
+        alpha_n, k, coef = lrn
         for jj in tl.static_range(N_STEPS):
             i = i_first + jj  # the channel loaded now
             j = i - HI  # its t and a are complete now
@@ -386,30 +382,35 @@ if triton is not None:
         last = cb == n_cb - 1
         ln = tl.where(last, LL, L)
         c0 = tl.where(last, walked - LL, cb * L)
-        args = (HW, OHW, x_pix, dx_pix, dy_w, am_w, offs, px_ok, w_ok, alpha_n, k, coef, zero)
+        args = ((HW, OHW), (x_pix, dx_pix, offs, px_ok), (dy_w, am_w, w_ok), (alpha_n, k, coef), zero)
         # prologue: load channels c0 - SIZE + 1 .. c0 - 1, then c0 .. c0 + SIZE - 2 with their t and a
-        R, T, A = _blk_bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE - 1, True, False, False, True,
-                                 SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
-        R, T, A = _blk_bwd_steps(R, T, A, c0, *args, SIZE - 1, True, True, False, True,
-                                 SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+        R, T, A = _blk_bwd_steps(R, T, A, c0 - (SIZE - 1), *args, N_STEPS=SIZE - 1, LOAD=True, GATHER=False,
+                                 DX=False, CHECK=True, SIZE=SIZE, BETA=BETA, TINY=TINY, KH=KH, KW=KW, SH=SH,
+                                 SW=SW, OH_LO=OH_LO, NWH=NWH, OW_LO=OW_LO, NWW=NWW, BIG=BIG)
+        R, T, A = _blk_bwd_steps(R, T, A, c0, *args, N_STEPS=SIZE - 1, LOAD=True, GATHER=True, DX=False,
+                                 CHECK=True, SIZE=SIZE, BETA=BETA, TINY=TINY, KH=KH, KW=KW, SH=SH, SW=SW,
+                                 OH_LO=OH_LO, NWH=NWH, OW_LO=OW_LO, NWW=NWW, BIG=BIG)
         for g in range(0, ln // SIZE):
             i_g = c0 + (SIZE - 1) + g * SIZE
-            R, T, A = _blk_bwd_steps(R, T, A, i_g, *args, SIZE, True, True, True, False,
-                                     SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+            R, T, A = _blk_bwd_steps(R, T, A, i_g, *args, N_STEPS=SIZE, LOAD=True, GATHER=True, DX=True,
+                                     CHECK=False, SIZE=SIZE, BETA=BETA, TINY=TINY, KH=KH, KW=KW, SH=SH, SW=SW,
+                                     OH_LO=OH_LO, NWH=NWH, OW_LO=OW_LO, NWW=NWW, BIG=BIG)
         # the last chunk: dx of channels C - SIZE + 1 .. C - 1 (loads past C are zeros; so are t and a of
-        # channels from C on). A loop of 1 trip there and 0 elsewhere (see _patch_fwd_kernel).
-        for _ in range(0, ln // (walked - c0)):
-            R, T, A = _blk_bwd_steps(R, T, A, C, *args, HI, False, True, True, False,
-                                     SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
-            R, T, A = _blk_bwd_steps(R, T, A, C + HI, *args, LO, False, False, True, False,
-                                     SIZE, BETA, TINY, KH, KW, SH, SW, OH_LO, NWH, OW_LO, NWW, BIG)
+        # channels from C on)
+        if last:
+            R, T, A = _blk_bwd_steps(R, T, A, C, *args, N_STEPS=HI, LOAD=False, GATHER=True, DX=True,
+                                     CHECK=False, SIZE=SIZE, BETA=BETA, TINY=TINY, KH=KH, KW=KW, SH=SH, SW=SW,
+                                     OH_LO=OH_LO, NWH=NWH, OW_LO=OW_LO, NWW=NWW, BIG=BIG)
+            R, T, A = _blk_bwd_steps(R, T, A, C + HI, *args, N_STEPS=LO, LOAD=False, GATHER=False, DX=True,
+                                     CHECK=False, SIZE=SIZE, BETA=BETA, TINY=TINY, KH=KH, KW=KW, SH=SH, SW=SW,
+                                     OH_LO=OH_LO, NWH=NWH, OW_LO=OW_LO, NWW=NWW, BIG=BIG)
 
     # Fused backward. g = gradient of the LRN output (gathered from the pooled gradient), then, with
     # t_c = g_c * r_c * s_c^(-beta-1) (see lrn.py):
     #   dx_c = [x_c > 0] * (g_c * s_c^-beta - 2 * (alpha/size) * beta * r_c * sum_{c' in [c-hi, c+lo]} t_c')
     @triton.jit
     def _pool_bwd_kernel(
-        x_ptr,  # *T (N, C, H, W) the forward's input (read only when FUSE_LRN)
+        x_ptr,  # *T (N, C, H, W) the forward's input
         dy_ptr,  # *T (N, C, OH, OW) gradient of the pooled output
         am_ptr,  # *u8|i32 (N, C, OH, OW) argmax from the forward, same strides as dy
         dx_ptr,  # *T (N, C, H, W) gradient of the input, same strides as x
@@ -419,8 +420,7 @@ if triton is not None:
         KH, KW, SH, SW, PH, PW,  # kernel, stride, padding
         size, lo, alpha_n, k,  # LRN window, channels before c, alpha / size, constant
         BETA: tl.constexpr, TINY: tl.constexpr,  # LRN exponent
-        FUSE_LRN: tl.constexpr,
-        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BIG: tl.constexpr,  # tile; int64 offsets in an image
     ):
         pid_c, pid_hw, n = _tile_ids(C, BLOCK_C, H * W, BLOCK_HW)
         c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
@@ -430,47 +430,37 @@ if triton is not None:
         iw = hw % W
         x_base = n.to(tl.int64) * s_n
         o_base = n.to(tl.int64) * o_n
-        sp_off = ih.to(tl.int64) * s_h + iw.to(tl.int64) * s_w
-        offs = x_base + c.to(tl.int64) * s_c + sp_off
-        NH = (KH + SH - 1) // SH  # windows per row / column that can contain one position
-        NW = (KW + SW - 1) // SW
-        if FUSE_LRN:
-            hi = size - 1 - lo
-            t_sum = _acc_zeros(valid, x_ptr)
-            a_self = t_sum
-            for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
-                cp = c + (d - hi)
-                m = valid & (cp >= 0) & (cp < C)
-                sumsq, r_cp = _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo)
-                g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, OH, OW, o_c, o_h, o_w,
-                                         KH, KW, SH, SW, PH, PW, NH, NW)
-                t_cp, a_cp = _lrn_ta_s(sumsq, r_cp, g_cp, alpha_n, k, BETA, TINY)
-                t_sum += tl.where(m, t_cp, 0.0)
-                a_self = tl.where(d == hi, a_cp, a_self)
-            x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
-            dx = _lrn_dx_sum(_relu(x), a_self, t_sum, (_acc_zeros(valid, x_ptr) + alpha_n) * (2.0 * BETA))
-        else:
-            dx = _gather_pool_grad(dy_ptr, am_ptr, o_base, c, ih, iw, valid, OH, OW, o_c, o_h, o_w,
-                                   KH, KW, SH, SW, PH, PW, NH, NW)
+        sp_off = _offset(ih, BIG) * s_h + _offset(iw, BIG) * s_w
+        offs = x_base + (_offset(c, BIG) * s_c + sp_off)
+        hi = size - 1 - lo
+        t_sum = _acc_zeros(valid, x_ptr)
+        a_self = t_sum
+        for d in range(size):  # c' = c + d - hi runs over [c - hi, c + lo]
+            cp = c + (d - hi)
+            m = valid & (cp >= 0) & (cp < C)
+            sumsq, r_cp = _window_sumsq(x_ptr, x_base, sp_off, cp, C, m, s_c, size, lo, BIG)
+            g_cp = _gather_pool_grad(dy_ptr, am_ptr, o_base, cp, ih, iw, m, (OH, OW), (o_c, o_h, o_w),
+                                     (KH, KW, SH, SW, PH, PW), BIG)
+            t_cp, a_cp = _lrn_ta_s(sumsq, r_cp, g_cp, alpha_n, k, BETA, TINY)
+            t_sum += tl.where(m, t_cp, 0.0)
+            a_self = tl.where(d == hi, a_cp, a_self)
+        x = _upcast(tl.load(x_ptr + offs, mask=valid, other=0.0))
+        dx = _lrn_dx_sum(_relu(x), a_self, t_sum, (_acc_zeros(valid, x_ptr) + alpha_n) * (2.0 * BETA))
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=valid)
 
 
 
 # ------------------------------------------------------------------------------------ launchers
 
+# The tile kernels' configurations: four outputs (forward) or inputs (backward) a thread. With one or two,
+# ptxas keeps a value across the loop nest in local memory on some targets and dtypes (8-40 bytes spilled
+# on sm_75, sm_80 or sm_90a); these spill nowhere (every dtype, windows up to 17 x 17, SIZE up to 17).
 _FWD_CONFIGS = {
-    torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_P=64), num_warps=4),
-    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_P=16), num_warps=4),
+    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_P=64), num_warps=4),
+    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_P=16), num_warps=2),
 }
-_FWD_CONFIG_F64 = Config(dict(BLOCK_C=8, BLOCK_P=16), num_warps=4)
 _BWD_CONFIGS = {
-    torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_HW=128), num_warps=4),
-    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=32), num_warps=4),
-}
-# windows of more than 7 channels, and 16-bit dtypes: half the tile per thread (triton 3.6 spills 16 bytes
-# with SIZE 9 otherwise, ptxas 4 bytes for float16 with 3 x 3 windows at stride 1)
-_BWD_CONFIGS_WIDE = {
-    torch.contiguous_format: Config(dict(BLOCK_C=4, BLOCK_HW=64), num_warps=4),
+    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=64), num_warps=4),
     torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=16), num_warps=4),
 }
 
@@ -529,18 +519,16 @@ def _patch_plan(n, c, h, w, oh, ow, dtype, pool, size, beta, big):
     (kh, kw), (sh, sw), _ = pool
     cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, TOH=toh, TOW=tow, BLOCK=block,
                       BIG=big), num_warps=warps)
-    # trips per program: the main loop's groups, and the last chunk's epilogue (1 in n_cb programs)
-    return (n_cb * cdiv(n_q, block),), cfg, (n_cb, n_pc, n_q, chunk, last), \
-        (((n_cb - 1) * chunk + last) / size / n_cb, 1 / n_cb)
+    return (n_cb * cdiv(n_q, block),), cfg, (n_cb, n_pc, n_q, chunk, last)
 
 
 def _launch_patch_forward(x, y, am, pool, size, alpha, beta, k) -> None:
     n, c, h, w = x.shape
     oh, ow = y.shape[2:]
-    grid, cfg, (n_cb, n_pc, n_q, chunk, last), trips = _patch_plan(n, c, h, w, oh, ow, x.dtype, pool, size,
-                                                                   float(beta), needs_int64(x, y))
+    grid, cfg, (n_cb, n_pc, n_q, chunk, last) = _patch_plan(n, c, h, w, oh, ow, x.dtype, pool, size,
+                                                            float(beta), needs_int64(x, y))
     launch("relu_lrn_max_pool2d_fwd", _patch_fwd_kernel, grid,
-           (x, y, am, c, h, w, oh, ow, n_cb, n_q, n_pc, chunk, last, alpha / size, k), cfg, x.device, trips,
+           (x, y, am, c, h, w, oh, ow, n_cb, n_q, n_pc, chunk, last, alpha / size, k), cfg, x.device,
            TINY=tiny_s(alpha, k))
 
 
@@ -553,7 +541,7 @@ def _patch_bwd_fits(size, pool, h, w, oh, ow, c, dtype) -> bool:
         return False
     if (oh - 1) * sh + kh > h or (ow - 1) * sw + kw > w or sh * sw > 4:
         return False
-    return _windows(kh, sh, 0)[1] * _windows(kw, sw, 0)[1] <= 4
+    return block_windows(kh, sh, 0)[1] * block_windows(kw, sw, 0)[1] <= 4
 
 
 @functools.lru_cache(maxsize=256)
@@ -566,21 +554,20 @@ def _patch_bwd_plan(n, c, h, w, dtype, pool, size, beta, big):
     n_bc = cdiv(w, sw)
     n_q = n * cdiv(h, sh) * n_bc
     block, warps = 128, 4
-    (oh_lo, nwh), (ow_lo, nww) = _windows(kh, sh, 0), _windows(kw, sw, 0)
+    (oh_lo, nwh), (ow_lo, nww) = block_windows(kh, sh, 0), block_windows(kw, sw, 0)
     cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, OH_LO=oh_lo, NWH=nwh, OW_LO=ow_lo,
                       NWW=nww, BLOCK=block, BIG=big), num_warps=warps)
-    return (n_cb * cdiv(n_q, block),), cfg, (n_cb, n_bc, n_q, chunk, last), \
-        (((n_cb - 1) * chunk + last) / size / n_cb, 1 / n_cb)
+    return (n_cb * cdiv(n_q, block),), cfg, (n_cb, n_bc, n_q, chunk, last)
 
 
 def _launch_patch_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
     n, c, h, w = x.shape
     oh, ow = dy.shape[2:]
-    grid, cfg, (n_cb, n_bc, n_q, chunk, last), trips = _patch_bwd_plan(n, c, h, w, x.dtype, pool, size,
-                                                                       float(beta), needs_int64(x, dy))
+    grid, cfg, (n_cb, n_bc, n_q, chunk, last) = _patch_bwd_plan(n, c, h, w, x.dtype, pool, size, float(beta),
+                                                                needs_int64(x, dy))
     launch("relu_lrn_max_pool2d_bwd", _patch_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, oh, ow, n_cb, n_q, n_bc, chunk, last, alpha / size, k), cfg, dy.device,
-           trips, TINY=tiny_s(alpha, k))
+           TINY=tiny_s(alpha, k))
 
 
 def _lrn_launch_args(lrn):
@@ -599,29 +586,22 @@ def _block_forward(x, kernel, stride, padding, lrn):
     if not use_triton(x):
         return pool_forward_torch(lrn_forward_torch(x, *lrn), kernel, stride, padding, y, am)
     pool = (tuple(kernel), tuple(stride), tuple(padding))
-    if x.dtype == torch.float64 and fmt == torch.channels_last and walk_forward_fits(lrn[0], pool, x.dtype):
-        # float64 is for gradcheck: walk an NCHW copy (the tile kernel spills in float64 on sm_80)
-        y_n, am_n = pooled_outputs(x.contiguous(), kernel, stride, padding)
-        launch_walk_forward(x.contiguous(), y_n, am_n, pool, *lrn)
-        return y.copy_(y_n), am.copy_(am_n)
-    # the patch walks only where loads are inline PTX (see _common.inline_ptx); else the channel walk
+    # NCHW: the patch walk where its loads are inline PTX (see _common.inline_ptx); channels_last: block_cl's
+    # walk; the tile kernel for everything else
     if fmt == torch.contiguous_format and inline_ptx() and _patch_shape(lrn[0], pool, h, w, oh, ow, c,
                                                                         x.dtype):
         _launch_patch_forward(x, y, am, pool, *lrn)
-        return y, am
-    if fmt == torch.contiguous_format and walk_forward_fits(lrn[0], pool, x.dtype):
-        launch_walk_forward(x, y, am, pool, *lrn)
         return y, am
     from . import block_cl  # channels_last: kernels/block_cl.py
 
     if fmt == torch.channels_last and block_cl.launch_forward(x, y, am, pool, *lrn):
         return y, am
-    cfg = _FWD_CONFIGS[fmt] if x.dtype != torch.float64 else _FWD_CONFIG_F64  # float64: no spills on sm_80
+    cfg = _FWD_CONFIGS[fmt]
     grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(oh * ow, cfg.constexprs["BLOCK_P"]) * n,)
     launch("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
            (x, y, am, c, h, w, ow, oh * ow, *strides(x.shape, fmt), *strides(y.shape, fmt), *kernel, *stride,
-            *padding, *_lrn_launch_args(lrn)), cfg, x.device, (kernel[0], kernel[1], lrn[0]),
-           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), FUSE_LRN=True)
+            *padding, *_lrn_launch_args(lrn)), cfg, x.device, BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]),
+           BIG=needs_int64(x, y))
     return y, am
 
 
@@ -646,20 +626,16 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
                                                                            x.dtype):
         _launch_patch_backward(x, dy, am, dx, pool, *lrn)
         return dx
-    if fmt == torch.contiguous_format and walk_backward_fits(lrn[0], pool):
-        launch_walk_backward(x, dy, am, dx, pool, *lrn)
-        return dx
     from . import block_cl  # channels_last: kernels/block_cl.py
 
     if fmt == torch.channels_last and block_cl.launch_backward(x, dy, am, dx, pool, *lrn):
         return dx
-    cfg = (_BWD_CONFIGS if lrn[0] <= 7 and x.element_size() > 2 else _BWD_CONFIGS_WIDE)[fmt]
+    cfg = _BWD_CONFIGS[fmt]
     grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
     launch("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *strides(x.shape, fmt), *strides(dy.shape, fmt),
             *kernel, *stride, *padding, *_lrn_launch_args(lrn)), cfg, dy.device,
-           (lrn[0], lrn[0], -(-kernel[0] // stride[0]), -(-kernel[1] // stride[1])),
-           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), FUSE_LRN=True)
+           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), BIG=needs_int64(x, dy))
     return dx
 
 

@@ -29,6 +29,7 @@ import functools
 import torch
 
 from ._common import INTERPRET, Config, cdiv, launch, tl, triton
+from ._pooling import block_windows
 
 if triton is not None:
     from ._jit import (
@@ -437,11 +438,9 @@ def forward_fits(x, pool, size) -> bool:
 def backward_fits(x, pool, size) -> bool:
     """Whether the channels_last backward applies: float32/16/bfloat16, SIZE <= 7, blocks of at most 4
     pixels, at most 2 x 2 windows holding a block's pixels (padding allowed)."""
-    from .lrn import _windows
-
     (kh, kw), (sh, sw), (ph, pw) = pool
-    return (x.dtype != torch.float64 and size <= 7 and sh * sw <= 4 and _windows(kh, sh, ph)[1] <= 2
-            and _windows(kw, sw, pw)[1] <= 2)
+    return (x.dtype != torch.float64 and size <= 7 and sh * sw <= 4 and block_windows(kh, sh, ph)[1] <= 2
+            and block_windows(kw, sw, pw)[1] <= 2)
 
 
 @functools.lru_cache(maxsize=256)
@@ -472,18 +471,15 @@ def launch_forward(x, y, am, pool, size, alpha, beta, k) -> bool:
     grid, cfg, (n_cg, n_pc, n_q, rows) = _fwd_plan(n, c, oh, ow, pool, size, float(beta))
     launch("relu_lrn_max_pool2d_fwd", _cl_fwd_kernel, grid,
            (x, y, am, c, h, w, oh, ow, n_cg, n_pc, n_q, rows, alpha / size, k), cfg, x.device,
-           (oh / grid[1],),  # trips: the walks' mean length
            VEC=_vec(x, c, cfg.constexprs["G"]), TINY=tiny_s(alpha, k))
     return True
 
 
 @functools.lru_cache(maxsize=256)
 def _bwd_plan(n, c, h, w, pool, size, beta):
-    from .lrn import _windows
-
     (kh, kw), (sh, sw), (ph, pw) = pool
     g = _group(c)
-    (oh_lo, nwh), (ow_lo, nww) = _windows(kh, sh, ph), _windows(kw, sw, pw)
+    (oh_lo, nwh), (ow_lo, nww) = block_windows(kh, sh, ph), block_windows(kw, sw, pw)
     n_br = cdiv(h, sh)
     # block rows per walk (at most _ROWS): the fewest blocks in all, a walk's first window row costing
     # about half a block
@@ -507,6 +503,6 @@ def launch_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> bool:
     grid, cfg, (n_cg, n_bc, n_pr, n_q, blocks) = _bwd_plan(n, c, h, w, pool, size, float(beta))
     launch("relu_lrn_max_pool2d_bwd", _cl_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, oh, ow, n_cg, n_bc, n_pr, n_q, blocks, alpha / size, k), cfg, x.device,
-           (blocks,), VEC=min(_vec(x, c, cfg.constexprs["G"]), _vec(dy, c, cfg.constexprs["G"])),
+           VEC=min(_vec(x, c, cfg.constexprs["G"]), _vec(dy, c, cfg.constexprs["G"])),
            TINY=tiny_s(alpha, k))
     return True

@@ -6,14 +6,12 @@
 Forward reads x once and writes y. Backward saves nothing but x: it recomputes s from x, reads x and dy,
 writes dx. NCHW inputs walk the channels (the window lives in registers); so do channels_last inputs, a
 thread a pixel, loading up to 16 bytes of a pixel's contiguous channels at once. Windows wider than
-WALK_MAX_SIZE use tiles that read the window's channels at neighbouring addresses. The NCHW walks also
-serve the fused block (``kernels/block.py``, POOL=True).
+WALK_MAX_SIZE use tiles that read the window's channels at neighbouring addresses.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 
@@ -47,7 +45,6 @@ if triton is not None:
         _lrn_ta,
         _lrn_y,
         _offset,
-        _put,
         _relu_up,
         _ring_sumsq,
         _shift,
@@ -59,10 +56,9 @@ if triton is not None:
     @triton.jit
     def _load_x(ptrs, inb, ok, MASKED: tl.constexpr, IN_PLANE: tl.constexpr):
         """A walk's load of one channel: channels outside [0, C) (only in MASKED groups) read as 0,
-        PyTorch's zero padding. IN_PLANE: every offset lies inside the plane (the pooled walks clamp
-        their pixels' offsets into it; the plain walks' last pixel block overlaps its neighbour instead of
-        running past the plane), so bound-free groups load without a mask: a masked load costs a zero
-        fill per element. Nothing computed from a clamped pixel is stored or competes in a pool."""
+        PyTorch's zero padding. IN_PLANE: every offset lies inside the plane (the last pixel block
+        overlaps its neighbour instead of running past the plane), so bound-free groups load without a
+        mask: a masked load costs a zero fill per element."""
         if MASKED:
             return tl.load(ptrs, mask=inb & ok, other=0.0)
         elif IN_PLANE:
@@ -74,330 +70,141 @@ if triton is not None:
     # A program owns a block of pixels of one image and a chunk of CHUNK output channels, and walks
     # the channels in order, loading each x once. Per pixel it keeps the last SIZE relu'd values in
     # registers (_jit.py: a shift register; the walk is unrolled by SIZE, so shifting costs nothing).
-    # At load i (channel i), the window of channel c = i - HI is complete: y_c is computed and, with
-    # POOL, pooled at once. With POOL a thread owns a patch of TOH x TOW pooled outputs and the
-    # ((TOH-1)*SH+KH) x ((TOW-1)*SW+KW) input pixels under them, so each LRN value is computed once
-    # per patch (windows that overlap inside a patch share it).
+    # At load i (channel i), the window of channel c = i - HI is complete: y_c is computed and stored.
+    # chunk = (c0, c_end, C): the program's output channels [c0, c_end) of C; lrn = (alpha / size, k).
     @triton.jit
-    def _fwd_steps(
-        R, i0, c0, c_end, C, HW, OH, OW, x_img, y_img, am_img, offs, inb, pr, pc, alpha_n, k, zero,
-        SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, POOL: tl.constexpr, KH: tl.constexpr,
-        KW: tl.constexpr,
-        SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, TOH: tl.constexpr,
-        TOW: tl.constexpr, NPIX: tl.constexpr, BIG: tl.constexpr, IN_PLANE: tl.constexpr,
-        MASKED: tl.constexpr,
-    ):
+    def _fwd_steps(R, i0, chunk, HW, x_img, y_img, hw, inb, lrn, SIZE: tl.constexpr, BETA: tl.constexpr,
+                   TINY: tl.constexpr, BIG: tl.constexpr, IN_PLANE: tl.constexpr, MASKED: tl.constexpr):
         """SIZE steps of the forward walk from channel i0: load channel i, finish channel i - HI."""
         LO: tl.constexpr = SIZE // 2
         HI: tl.constexpr = SIZE - 1 - LO
-        V: tl.constexpr = (TOW - 1) * SW + KW
-        OHW = OH * OW
+        c0, c_end, C = chunk
+        alpha_n, k = lrn
         for j in tl.static_range(SIZE):
             i = i0 + j  # the channel loaded now
             ok_i = _in_range(i, 0, C, MASKED)
-            if POOL and MASKED:
-                # the channel clamped into [0, C) and the value zeroed after the load: with the pixels'
-                # offsets clamped into the plane, no load needs a mask (a select instead of a mask test
-                # and a zero fill per load)
-                i_ld = tl.minimum(tl.maximum(i, 0), C - 1)
+            R = _shift(R, _relu_up(_load_x(x_img + _offset(i, BIG) * HW + hw, inb, ok_i, MASKED, IN_PLANE)))
+            c = i - HI  # its window [c - LO, c + HI] is in the ring now
+            y = _lrn_y(R[LO], _ring_sumsq(R, SIZE), alpha_n, k, BETA, TINY).to(y_img.dtype.element_ty)
+            y_c = y_img + _offset(c, BIG) * HW + hw
+            if IN_PLANE and not MASKED:  # a pixel two programs hold gets the same value twice
+                tl.store(y_c, y)
             else:
-                i_ld = i
-            x_i = x_img + _offset(i_ld, BIG) * HW
-            for p in tl.static_range(NPIX):
-                if POOL:
-                    v = _relu_up(tl.load(x_i + offs[p]))
-                    if MASKED:
-                        v = tl.where(ok_i, v, 0.0)
-                else:
-                    v = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
-                R = _put(R, p, _shift(R[p], v))
-            c = i - HI  # its window [c - LO, c + HI] is in the rings now
-            ok_c = _in_range(c, c0, c_end, MASKED)
-            cc = _offset(c, BIG)
-            if POOL:
-                vals = ()
-                for p in tl.static_range(NPIX):
-                    y = _lrn_y(R[p][LO], _ring_sumsq(R[p], SIZE), alpha_n, k, BETA, TINY)
-                    # rounded to the output dtype, as relu_lrn's output is, before it competes
-                    vals = vals + (_upcast(y.to(y_img.dtype.element_ty)),)
-                for a in tl.static_range(TOH):
-                    for b in tl.static_range(TOW):
-                        oh = pr * TOH + a
-                        ow = pc * TOW + b
-                        # PyTorch's rule: the first in-bounds position starts, a value wins when
-                        # v > best or v is NaN; padding never wins
-                        if PH == 0 and PW == 0:
-                            # no padding (and no ceil_mode): a stored output's window lies in the plane,
-                            # so no position needs a bounds test, and the first one starts as best
-                            best = vals[(a * SH) * V + b * SW]
-                            arg = tl.zeros_like(oh)
-                        else:
-                            best = zero - float("inf")
-                            arg = tl.maximum(PH - oh * SH, 0) * KW + tl.maximum(PW - ow * SW, 0)
-                        for kh in tl.static_range(KH):
-                            for kw in tl.static_range(KW):
-                                if PH != 0 or PW != 0 or kh != 0 or kw != 0:
-                                    v = vals[(a * SH + kh) * V + (b * SW + kw)]
-                                    take = (v > best) | (v != v)
-                                    if PH != 0 or PW != 0:
-                                        take = inb[(a * SH + kh) * V + (b * SW + kw)] & take
-                                    best = tl.where(take, v, best)
-                                    arg = tl.where(take, kh * KW + kw, arg)
-                        o_off = cc * OHW + oh * OW + ow
-                        o_ok = (oh < OH) & (ow < OW) & ok_c
-                        tl.store(y_img + o_off, best.to(y_img.dtype.element_ty), mask=o_ok)
-                        tl.store(am_img + o_off, arg.to(am_img.dtype.element_ty), mask=o_ok)
-            else:
-                y = _lrn_y(R[0][LO], _ring_sumsq(R[0], SIZE), alpha_n, k, BETA, TINY)
-                if IN_PLANE and not MASKED:  # a pixel two programs hold gets the same value twice
-                    tl.store(y_img + cc * HW + offs[0], y.to(y_img.dtype.element_ty))
-                else:
-                    tl.store(y_img + cc * HW + offs[0], y.to(y_img.dtype.element_ty), mask=inb[0] & ok_c)
+                tl.store(y_c, y, mask=inb & _in_range(c, c0, c_end, MASKED))
         return R
 
     @triton.jit
     def _lrn_fwd_walk_kernel(
         x_ptr,  # *T (N, C, H, W) input, NCHW dense
-        y_ptr,  # *T output: (N, C, H, W), or (N, C, OH, OW) with POOL; NCHW dense
-        am_ptr,  # *u8|i32 (N, C, OH, OW) argmax inside the window, kh * KW + kw (POOL only)
-        C, H, W, OH, OW,  # channels, input plane, pooled plane (POOL only)
-        n_cb, n_t, n_tc,  # channel chunks, pixel tiles per image, tile columns (POOL only)
+        y_ptr,  # *T (N, C, H, W) output, NCHW dense
+        C, HW,  # channels, pixels per plane
+        n_cb, n_t,  # channel chunks, pixel blocks per image
         alpha_n, k,  # alpha / size, additive constant
         SIZE: tl.constexpr, BETA: tl.constexpr,  # LRN window and exponent: one build per value
         TINY: tl.constexpr,  # s may be subnormal (k < 2^-126): scaled around the approximations (_pow_neg)
-        POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-        PH: tl.constexpr, PW: tl.constexpr,  # pooling window, stride, padding (POOL only)
-        TOH: tl.constexpr, TOW: tl.constexpr,  # pooled outputs per thread (POOL only)
-        BR: tl.constexpr, BC: tl.constexpr,  # patches per program (POOL), or BR * BC pixels
-        CHUNK: tl.constexpr, BIG: tl.constexpr,  # output channels per program; int64 offsets
+        BLOCK: tl.constexpr, CHUNK: tl.constexpr,  # pixels and output channels per program
+        BIG: tl.constexpr,  # int64 channel offsets
         IN_PLANE: tl.constexpr,  # every load offset inside the plane (see _load_x)
     ):
         LO: tl.constexpr = SIZE // 2
         cb, t, n = _grid_ids(n_cb, n_t)
-        HW = H * W
-        x_img = x_ptr + n.to(tl.int64) * C * HW
-        if POOL:
-            OHW = OH * OW
-            y_img = y_ptr + n.to(tl.int64) * C * OHW
-            am_img = am_ptr + n.to(tl.int64) * C * OHW
-            # a flat block of BR * BC patches of the plane's (OH / TOH) x n_tc grid of patches: one
-            # vector division per program, outside the channel walk
-            q = t * (BR * BC) + tl.arange(0, BR * BC)
-            pr = q // n_tc  # patch row (past the last row for the block's tail: masked)
-            pc = q - pr * n_tc  # patch column
-            U: tl.constexpr = (TOH - 1) * SH + KH  # input rows under a patch
-            V: tl.constexpr = (TOW - 1) * SW + KW  # input columns under a patch
-            ih0 = pr * (TOH * SH) - PH
-            iw0 = pc * (TOW * SW) - PW
-            offs = ()
-            inb = ()
-            for u in tl.static_range(U):
-                for v in tl.static_range(V):
-                    ok = (ih0 + u >= 0) & (ih0 + u < H) & (iw0 + v >= 0) & (iw0 + v < W)
-                    # clamped into the plane: bound-free groups load without a mask (see _load_x)
-                    offs = offs + (tl.where(ok, (ih0 + u) * W + (iw0 + v), 0),)
-                    inb = inb + (ok,)
-            NPIX: tl.constexpr = U * V
+        # contiguity 1: AlexNet's odd planes defeat vector access anyway, and one layout for every load
+        # and store keeps Triton from converting between layouts through shared memory
+        if IN_PLANE:  # the last block overlaps its neighbour rather than running past the plane
+            start = tl.minimum(t * BLOCK, HW - BLOCK)
         else:
-            y_img = y_ptr + n.to(tl.int64) * C * HW
-            # contiguity 1: AlexNet's odd planes defeat vector access anyway, and one layout for every load
-            # and store keeps Triton from converting between layouts through shared memory
-            if IN_PLANE:  # the last block overlaps its neighbour rather than running past the plane
-                start = tl.minimum(t * (BR * BC), HW - BR * BC)
-            else:
-                start = t * (BR * BC)
-            # the block's start goes into the base pointers: the pixels' offsets stay compile-time
-            # constants per thread (loads and stores share one address, no add per pixel)
-            x_img += start
-            y_img += start
-            hw = tl.max_contiguous(tl.arange(0, BR * BC), 1)
-            offs = (hw,)
-            inb = (hw < HW - start,)
-            NPIX: tl.constexpr = 1
-            am_img = y_img
-            pr = hw
-            pc = hw
-        zero = _acc_zeros(offs[0], x_ptr)
-        R = ((zero,) * SIZE,) * NPIX  # R[p]: relu'd x of the last SIZE channels at pixel p, oldest first
+            start = t * BLOCK
+        # the block's start goes into the base pointers: the pixels' offsets stay compile-time
+        # constants per thread (loads and stores share one address, no add per pixel)
+        x_img = x_ptr + n.to(tl.int64) * C * HW + start
+        y_img = y_ptr + n.to(tl.int64) * C * HW + start
+        hw = tl.max_contiguous(tl.arange(0, BLOCK), 1)
+        inb = hw < HW - start
+        R = (_acc_zeros(hw, x_ptr),) * SIZE  # relu'd x of the last SIZE channels, oldest first
 
         c0 = cb * CHUNK
         c_end = tl.minimum(c0 + CHUNK, C)
-        # Groups of SIZE steps. Group 0 warms the rings up and the last ones may run past C or c_end:
+        # Groups of SIZE steps. Group 0 warms the ring up and the last ones may run past C or c_end:
         # only those check channel bounds; groups [1, g1) are bound-free.
         n_g = tl.cdiv(c_end - c0 + SIZE - 1, SIZE)
         g1 = tl.minimum((c_end - c0 - 1) // SIZE, (C - c0 + LO - SIZE) // SIZE) + 1
         g1 = tl.minimum(tl.maximum(g1, 1), n_g)
-        args = (c0, c_end, C, HW, OH, OW, x_img, y_img, am_img, offs, inb, pr, pc, alpha_n, k, zero)
-        if POOL:  # one build of the steps: a pooled walk's code is large (compile time)
-            for g in range(0, n_g):
-                R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH,
-                               PW, TOH,
-                               TOW, NPIX, BIG, IN_PLANE, True)
-            return
-        R = _fwd_steps(R, c0 - LO, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH, PW, TOH, TOW, NPIX, BIG,
-                       IN_PLANE, True)
+        args = ((c0, c_end, C), HW, x_img, y_img, hw, inb, (alpha_n, k))
+        R = _fwd_steps(R, c0 - LO, *args, SIZE=SIZE, BETA=BETA, TINY=TINY, BIG=BIG, IN_PLANE=IN_PLANE,
+                       MASKED=True)
         for g in range(1, g1):
-            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH, PW,
-                           TOH, TOW,
-                           NPIX, BIG, IN_PLANE, False)
+            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE=SIZE, BETA=BETA, TINY=TINY, BIG=BIG,
+                           IN_PLANE=IN_PLANE, MASKED=False)
         for g in range(g1, n_g):
-            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH, PW,
-                           TOH, TOW,
-                           NPIX, BIG, IN_PLANE, True)
+            R = _fwd_steps(R, c0 - LO + g * SIZE, *args, SIZE=SIZE, BETA=BETA, TINY=TINY, BIG=BIG,
+                           IN_PLANE=IN_PLANE, MASKED=True)
 
     # Backward, walking the channels the same way. With r = relu(x), s_c = k + (alpha/size) *
-    # sum_{c' in win(c)} r_c'^2, and g the gradient of the LRN output (dy, or with POOL the pooled
-    # gradient routed through the argmax):
+    # sum_{c' in win(c)} r_c'^2, and g the gradient of the LRN output:
     #   t_c = g_c * r_c * s_c^-(beta+1),  a_c = g_c * s_c^-beta
     #   dx_c = [x_c > 0] * (a_c - 2 * (alpha/size) * beta * r_c * sum_{c': c in win(c')} t_c')
     # and c in win(c') <=> c' in [c - HI, c + LO]. Three rings per pixel: R (r), T (t), A (a). At load
     # i, s is complete for j = i - HI (t_j, a_j go in), and dx is complete for c = i - SIZE + 1 (its
     # t's are the last SIZE). Sums never subtract: inf and NaN behave as in the direct formula.
-    # With POOL a thread owns an SH x SW block of input pixels: the NWH x NWW windows that can hold
-    # one of them are read once per channel, and each (window, pixel) pair whose window-local
-    # position is a constant is one compare.
+    # ptrs = (x_img, dy_img, dx_img); lrn = (alpha / size, k, coef = 2 (alpha / size) beta).
     @triton.jit
-    def _route(gs, am, d, a: tl.constexpr, b: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-               SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, OH_LO: tl.constexpr,
-               OW_LO: tl.constexpr):
-        """Add window (a, b)'s gradient d to each pixel (u, v) of the SH x SW block that is its argmax.
-        The pixel's position inside the window, (u + PH - (OH_LO + a) * SH, v + PW - (OW_LO + b) * SW),
-        is a constant: one compare per (window, pixel) pair that can meet."""
-        for u in tl.static_range(SH):
-            for v in tl.static_range(SW):
-                if ((u + PH - (OH_LO + a) * SH >= 0) and (u + PH - (OH_LO + a) * SH < KH)
-                        and (v + PW - (OW_LO + b) * SW >= 0) and (v + PW - (OW_LO + b) * SW < KW)):
-                    hit = am == (u + PH - (OH_LO + a) * SH) * KW + (v + PW - (OW_LO + b) * SW)
-                    gs = _put(gs, u * SW + v, gs[u * SW + v] + tl.where(hit, d, 0.0))
-        return gs
-
-    @triton.jit
-    def _bwd_steps(
-        R, T, A, i0, c0, c_end, C, HW, OHW, x_img, dy_img, am_img, dx_img, offs, inb, w_offs, w_ok, alpha_n,
-        k, coef, zero, SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr, POOL: tl.constexpr,
-        KH: tl.constexpr,
-        KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-        OH_LO: tl.constexpr, NWH: tl.constexpr, OW_LO: tl.constexpr, NWW: tl.constexpr, NPIX: tl.constexpr,
-        BIG: tl.constexpr, IN_PLANE: tl.constexpr, MASKED: tl.constexpr, WARM: tl.constexpr,
-    ):
+    def _bwd_steps(R, T, A, i0, chunk, HW, ptrs, hw, inb, lrn, SIZE: tl.constexpr, BETA: tl.constexpr,
+                   TINY: tl.constexpr, BIG: tl.constexpr, IN_PLANE: tl.constexpr, MASKED: tl.constexpr,
+                   WARM: tl.constexpr):
         """SIZE steps of the backward walk from channel i0: load channel i, finish t and a of channel
         i - HI and dx of channel i - SIZE + 1 (not in the WARM group 0, whose dx lie before the chunk if
         SIZE > 1)."""
         LO: tl.constexpr = SIZE // 2
         HI: tl.constexpr = SIZE - 1 - LO
+        c0, c_end, C = chunk
+        x_img, dy_img, dx_img = ptrs
+        alpha_n, k, coef = lrn
         for j in tl.static_range(SIZE):
             i = i0 + j  # the channel loaded now
-            ok_i = _in_range(i, 0, C, MASKED)
-            x_i = x_img + _offset(i, BIG) * HW
             cj = i - HI  # s is complete for cj
             ok_j = _in_range(cj, 0, C, MASKED)
-            cj_off = _offset(cj, BIG)
-            if POOL:
-                gs = (zero,) * NPIX
-                for a in tl.static_range(NWH):
-                    for b in tl.static_range(NWW):
-                        m = w_ok[a * NWW + b] & ok_j
-                        o_off = cj_off * OHW + w_offs[a * NWW + b]
-                        am = tl.load(am_img + o_off, mask=m, other=-1).to(tl.int32)
-                        d = _upcast(tl.load(dy_img + o_off, mask=m, other=0.0))
-                        gs = _route(gs, am, d, a, b, KH, KW, SH, SW, PH, PW, OH_LO, OW_LO)
-            else:
-                gs = (_upcast(_load_x(dy_img + cj_off * HW + offs[0], inb[0], ok_j, MASKED, IN_PLANE)),)
-            c = i - (SIZE - 1)  # dx is complete for c
-            ok_c = _in_range(c, c0, c_end, MASKED)
-            cc = _offset(c, BIG)
-            for p in tl.static_range(NPIX):
-                r = _relu_up(_load_x(x_i + offs[p], inb[p], ok_i, MASKED, IN_PLANE))
-                Rp = _shift(R[p], r)
-                t_j, a_j = _lrn_ta(Rp, gs[p], alpha_n, k, SIZE, BETA, TINY)
-                if MASKED:  # channels outside [0, C) have no t or a (not even NaN from s = 0)
-                    t_j = tl.where(ok_j, t_j, 0.0)
-                    a_j = tl.where(ok_j, a_j, 0.0)
-                Tp = _shift(T[p], t_j)
-                Ap = _shift(A[p], a_j)
-                if not WARM:
-                    r_c = Rp[0]
-                    dx = _lrn_dx(r_c, Ap[HI], Tp, coef, SIZE).to(dx_img.dtype.element_ty)
-                    if IN_PLANE and not MASKED and not POOL:  # duplicates store equal values
-                        tl.store(dx_img + cc * HW + offs[p], dx)
-                    else:
-                        tl.store(dx_img + cc * HW + offs[p], dx, mask=inb[p] & ok_c)
-                R = _put(R, p, Rp)
-                T = _put(T, p, Tp)
-                A = _put(A, p, Ap)
+            g = _upcast(_load_x(dy_img + _offset(cj, BIG) * HW + hw, inb, ok_j, MASKED, IN_PLANE))
+            ok_i = _in_range(i, 0, C, MASKED)
+            R = _shift(R, _relu_up(_load_x(x_img + _offset(i, BIG) * HW + hw, inb, ok_i, MASKED, IN_PLANE)))
+            t_j, a_j = _lrn_ta(R, g, alpha_n, k, SIZE, BETA, TINY)
+            if MASKED:  # channels outside [0, C) have no t or a (not even NaN from s = 0)
+                t_j = tl.where(ok_j, t_j, 0.0)
+                a_j = tl.where(ok_j, a_j, 0.0)
+            T = _shift(T, t_j)
+            A = _shift(A, a_j)
+            if not WARM:
+                c = i - (SIZE - 1)  # dx is complete for c
+                dx = _lrn_dx(R[0], A[HI], T, coef, SIZE).to(dx_img.dtype.element_ty)
+                dx_c = dx_img + _offset(c, BIG) * HW + hw
+                if IN_PLANE and not MASKED:  # duplicates store equal values
+                    tl.store(dx_c, dx)
+                else:
+                    tl.store(dx_c, dx, mask=inb & _in_range(c, c0, c_end, MASKED))
         return R, T, A
 
     @triton.jit
     def _lrn_bwd_walk_kernel(
         x_ptr,  # *T (N, C, H, W) the forward's input, NCHW dense
-        dy_ptr,  # *T gradient of the output: (N, C, H, W), or (N, C, OH, OW) with POOL; NCHW dense
-        am_ptr,  # *u8|i32 (N, C, OH, OW) the pool's argmax (POOL only)
+        dy_ptr,  # *T (N, C, H, W) gradient of the output, NCHW dense
         dx_ptr,  # *T (N, C, H, W) gradient of the input, NCHW dense
-        C, H, W, OH, OW,  # channels, input plane, pooled plane (POOL only)
-        n_cb, n_t, n_tc,  # channel chunks, pixel tiles per image, tile columns (POOL only)
-        alpha_n, k,  # alpha / size, additive constant
+        C, HW, n_cb, n_t, alpha_n, k,  # as the forward's
         SIZE: tl.constexpr, BETA: tl.constexpr, TINY: tl.constexpr,
-        POOL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-        PH: tl.constexpr, PW: tl.constexpr,
-        OH_LO: tl.constexpr, NWH: tl.constexpr,  # windows holding a block's rows: bh + OH_LO + [0, NWH)
-        OW_LO: tl.constexpr, NWW: tl.constexpr,
-        BR: tl.constexpr, BC: tl.constexpr,  # pixel blocks per program (POOL), or BR * BC pixels
-        CHUNK: tl.constexpr, BIG: tl.constexpr, IN_PLANE: tl.constexpr,
+        BLOCK: tl.constexpr, CHUNK: tl.constexpr, BIG: tl.constexpr, IN_PLANE: tl.constexpr,
     ):
         cb, t, n = _grid_ids(n_cb, n_t)
-        HW = H * W
-        x_img = x_ptr + n.to(tl.int64) * C * HW
-        dx_img = dx_ptr + n.to(tl.int64) * C * HW
-        if POOL:
-            OHW = OH * OW
-            dy_img = dy_ptr + n.to(tl.int64) * C * OHW
-            am_img = am_ptr + n.to(tl.int64) * C * OHW
-            # a flat block of BR * BC pixel blocks of the plane's (H / SH) x n_tc grid of blocks
-            q = t * (BR * BC) + tl.arange(0, BR * BC)
-            bh = q // n_tc  # block row
-            bw = q - bh * n_tc  # block column
-            offs = ()
-            inb = ()
-            for u in tl.static_range(SH):
-                for v in tl.static_range(SW):
-                    ih = bh * SH + u
-                    iw = bw * SW + v
-                    ok = (ih < H) & (iw < W)
-                    offs = offs + (tl.where(ok, ih * W + iw, 0),)  # clamped (see _load_x)
-                    inb = inb + (ok,)
-            NPIX: tl.constexpr = SH * SW
-            w_offs = ()
-            w_ok = ()
-            for a in tl.static_range(NWH):
-                for b in tl.static_range(NWW):
-                    oh = bh + (OH_LO + a)
-                    ow = bw + (OW_LO + b)
-                    w_offs = w_offs + (oh * OW + ow,)
-                    w_ok = w_ok + ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW),)
+        if IN_PLANE:  # as in the forward
+            start = tl.minimum(t * BLOCK, HW - BLOCK)
         else:
-            dy_img = dy_ptr + n.to(tl.int64) * C * HW
-            # contiguity 1: AlexNet's odd planes defeat vector access anyway, and one layout for every load
-            # and store keeps Triton from converting between layouts through shared memory
-            if IN_PLANE:  # as in the forward
-                start = tl.minimum(t * (BR * BC), HW - BR * BC)
-            else:
-                start = t * (BR * BC)
-            x_img += start
-            dx_img += start
-            dy_img += start
-            hw = tl.max_contiguous(tl.arange(0, BR * BC), 1)
-            offs = (hw,)
-            inb = (hw < HW - start,)
-            NPIX: tl.constexpr = 1
-            OHW = HW
-            am_img = dy_img
-            w_offs = offs
-            w_ok = inb
-        zero = _acc_zeros(offs[0], x_ptr)
-        R = ((zero,) * SIZE,) * NPIX
+            start = t * BLOCK
+        img = n.to(tl.int64) * C * HW + start
+        ptrs = (x_ptr + img, dy_ptr + img, dx_ptr + img)
+        hw = tl.max_contiguous(tl.arange(0, BLOCK), 1)  # contiguity 1: as in the forward
+        inb = hw < HW - start
+        zero = _acc_zeros(hw, x_ptr)
+        R = (zero,) * SIZE
         T = R
         A = R
-        coef = (zero + alpha_n) * (2.0 * BETA)  # in the compute dtype (float64 for float64)
+        lrn = (alpha_n, k, (zero + alpha_n) * (2.0 * BETA))  # coef in the compute dtype (float64 for float64)
 
         c0 = cb * CHUNK
         c_end = tl.minimum(c0 + CHUNK, C)
@@ -406,29 +213,18 @@ if triton is not None:
         n_g = tl.cdiv(c_end - c0 + 2 * SIZE - 2, SIZE)
         g1 = tl.minimum((C - c0 - 1) // SIZE, (c_end - c0 + SIZE - 2) // SIZE) + 1
         g1 = tl.minimum(tl.maximum(g1, 2), n_g)
-        args = (c0, c_end, C, HW, OHW, x_img, dy_img, am_img, dx_img, offs, inb, w_offs, w_ok, alpha_n, k,
-                coef, zero)
-        if POOL:  # one build of the steps: a pooled walk's code is large (compile time)
-            for g in range(0, n_g):
-                R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, TINY, POOL,
-                                     KH, KW, SH,
-                                     SW, PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
-            return
-        R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH,
-                             PW, OH_LO,
-                             NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, SIZE > 1)
+        args = ((c0, c_end, C), HW, ptrs, hw, inb, lrn)
+        R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1), *args, SIZE=SIZE, BETA=BETA, TINY=TINY, BIG=BIG,
+                             IN_PLANE=IN_PLANE, MASKED=True, WARM=SIZE > 1)
         if n_g > 1:
-            R, T, A = _bwd_steps(R, T, A, c0 + 1, *args, SIZE, BETA, TINY, POOL, KH, KW, SH, SW, PH, PW,
-                                 OH_LO, NWH,
-                                 OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
+            R, T, A = _bwd_steps(R, T, A, c0 + 1, *args, SIZE=SIZE, BETA=BETA, TINY=TINY, BIG=BIG,
+                                 IN_PLANE=IN_PLANE, MASKED=True, WARM=False)
         for g in range(2, g1):
-            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH,
-                                 KW, SH, SW,
-                                 PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, False, False)
+            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE=SIZE, BETA=BETA, TINY=TINY,
+                                 BIG=BIG, IN_PLANE=IN_PLANE, MASKED=False, WARM=False)
         for g in range(tl.maximum(g1, 2), n_g):
-            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE, BETA, TINY, POOL, KH,
-                                 KW, SH, SW,
-                                 PH, PW, OH_LO, NWH, OW_LO, NWW, NPIX, BIG, IN_PLANE, True, False)
+            R, T, A = _bwd_steps(R, T, A, c0 - (SIZE - 1) + g * SIZE, *args, SIZE=SIZE, BETA=BETA, TINY=TINY,
+                                 BIG=BIG, IN_PLANE=IN_PLANE, MASKED=True, WARM=False)
 
     # ------------------------------------------ windows wider than WALK_MAX_SIZE (either layout): tiles
     # A program owns a (BLOCK_C channels x BLOCK_HW pixels) tile and reads each channel's window from
@@ -756,48 +552,6 @@ def _chunk(c: int, size: int, halo: int, target: int = _WALK_CHANNELS) -> int:
     return max(1, q * size - halo)
 
 
-def _fwd_trips(c: int, chunk: int, size: int) -> tuple[float, float]:
-    """Mean trips per program of the forward walk's two runtime loops (bound-free groups [1, g1),
-    checked groups [g1, n_g)), computed as the kernel does."""
-    lo, loops = size // 2, []
-    for c0 in range(0, c, chunk):
-        c_end = min(c0 + chunk, c)
-        n_g = -(-(c_end - c0 + size - 1) // size)
-        g1 = min(_cdiv_trunc(c_end - c0 - 1, size), _cdiv_trunc(c - c0 + lo - size, size)) + 1
-        g1 = min(max(g1, 1), n_g)
-        loops.append((g1 - 1, n_g - g1))
-    return tuple(sum(v) / len(loops) for v in zip(*loops))
-
-
-def _bwd_trips(c: int, chunk: int, size: int) -> tuple[float, float]:
-    """As _fwd_trips for the backward walk: bound-free groups [2, g1), checked groups [g1, n_g)."""
-    loops = []
-    for c0 in range(0, c, chunk):
-        c_end = min(c0 + chunk, c)
-        n_g = -(-(c_end - c0 + 2 * size - 2) // size)
-        g1 = min(_cdiv_trunc(c - c0 - 1, size), _cdiv_trunc(c_end - c0 + size - 2, size)) + 1
-        g1 = min(max(g1, 2), n_g)
-        loops.append((max(g1 - 2, 0), max(n_g - max(g1, 2), 0)))
-    return tuple(sum(v) / len(loops) for v in zip(*loops))
-
-
-def _mean_groups(c: int, chunk: int, size: int, halo: int) -> float:
-    """Mean trips per program of a walk that runs all its groups in one loop (the pooled walks)."""
-    counts = [-(-(min(chunk, c - c0) + halo) // size) for c0 in range(0, c, chunk)]
-    return sum(counts) / len(counts)
-
-
-def _cdiv_trunc(a: int, b: int) -> int:
-    """a // b rounded toward zero, as Triton divides signed integers."""
-    return int(a / b) if a < 0 else a // b
-
-
-def _flat_block(cells: int) -> int:
-    """Threads per program of the pooled walks (one patch or pixel block each): the block of 32, 64 or
-    128 that wastes least of the plane's cells."""
-    return -min((cdiv(cells, b) * b / cells, -b) for b in (128, 64, 32))[1]
-
-
 def _pixel_block(hw: int) -> tuple[int, int]:
     """(pixels per program, warps): 4 pixels per thread, the block that wastes least of the plane."""
     best = min((cdiv(hw, b) * b / hw, -b) for b in (512, 256, 128))
@@ -805,126 +559,55 @@ def _pixel_block(hw: int) -> tuple[int, int]:
     return b, b // 128
 
 
-def walk_forward_fits(size: int, pool=None, dtype=torch.float32) -> int:
-    """Pooled outputs per thread along W for the walking forward (2 or 1), or 0 if it doesn't fit: a
-    thread keeps SIZE values for each input pixel under its patch (at most 80 registers' worth)."""
-    if size > WALK_MAX_SIZE:
-        return 0
-    if pool is None:
-        return 1
-    (kh, kw), (sh, sw), _ = pool
-    budget = 48 if dtype == torch.float64 else 80  # float64 values take two registers each
-    for tow in (2, 1):
-        if kh * ((tow - 1) * sw + kw) * size <= budget:
-            return tow
-    return 0
+def walk_fits(size: int) -> bool:
+    return size <= WALK_MAX_SIZE
 
 
-def _windows(k: int, s: int, p: int) -> tuple[int, int]:
-    """(first, count): the pooled rows oh = b + first + [0, count) whose windows can hold a row of the
-    block of s input rows starting at b * s."""
-    first = -((k - 1 - p) // s)  # ceil((p - k + 1) / s)
-    last = (s - 1 + p) // s
-    return first, last - first + 1
-
-
-def walk_backward_fits(size: int, pool=None) -> bool:
-    if size > WALK_MAX_SIZE:
-        return False
-    if pool is None:
-        return True
-    (kh, kw), (sh, sw), (ph, pw) = pool
-    return _windows(kh, sh, ph)[1] * _windows(kw, sw, pw)[1] <= 4 and sh * sw * size <= 32
-
-
-def _pool_constexprs(pool):
-    (kh, kw), (sh, sw), (ph, pw) = pool
-    return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw)
-
-
-def launch_walk_forward(x, y, am, pool, size, alpha, beta, k) -> None:
-    """relu_lrn (pool None) or relu_lrn_max_pool2d (pool = (kernel, stride, padding)) forward, NCHW."""
+def launch_walk_forward(x, y, size, alpha, beta, k) -> None:
+    """relu_lrn forward, NCHW."""
     n, c, h, w = x.shape
-    oh, ow = y.shape[2:]
-    grid, cfg, trips = _fwd_plan(n, c, h, w, oh, ow, x.dtype, pool, size, float(beta), needs_int64(x, y))
-    launch("relu_lrn_fwd" if pool is None else "relu_lrn_max_pool2d_fwd", _lrn_fwd_walk_kernel, grid,
-           (x, y, y if am is None else am, c, h, w, oh, ow, cfg.n_cb, cfg.n_t, cfg.n_tc, alpha / size, k),
-           cfg, x.device, trips, TINY=tiny_s(alpha, k))
+    grid, cfg, (n_cb, n_t) = _fwd_plan(n, c, h * w, size, float(beta), needs_int64(x))
+    launch("relu_lrn_fwd", _lrn_fwd_walk_kernel, grid, (x, y, c, h * w, n_cb, n_t, alpha / size, k), cfg,
+           x.device, TINY=tiny_s(alpha, k))
 
 
-def launch_walk_backward(x, dy, am, dx, pool, size, alpha, beta, k) -> None:
-    """relu_lrn (pool None) or relu_lrn_max_pool2d backward, NCHW; with pool, dy and am are pooled."""
+def launch_walk_backward(x, dy, dx, size, alpha, beta, k) -> None:
+    """relu_lrn backward, NCHW."""
     n, c, h, w = x.shape
-    oh, ow = dy.shape[2:]
-    grid, cfg, trips = _bwd_plan(n, c, h, w, x.dtype, pool, size, float(beta), needs_int64(x, dy),
-                                 capability(x))
-    launch("relu_lrn_bwd" if pool is None else "relu_lrn_max_pool2d_bwd", _lrn_bwd_walk_kernel, grid,
-           (x, dy, dx if am is None else am, dx, c, h, w, oh, ow, cfg.n_cb, cfg.n_t, cfg.n_tc, alpha / size,
-            k), cfg, x.device, trips, TINY=tiny_s(alpha, k))
-
-
-@dataclass(frozen=True)
-class _WalkConfig(Config):
-    """A walk's launch configuration and the grid's factors the kernel decodes its program id with."""
-
-    n_cb: int = 1  # channel chunks
-    n_t: int = 1  # pixel (or patch) blocks per image
-    n_tc: int = 1  # patch or pixel-block columns (pooled walks)
-
-    __hash__ = Config.__hash__
+    grid, cfg, (n_cb, n_t) = _bwd_plan(n, c, h * w, x.dtype, size, float(beta), needs_int64(x), capability(x))
+    launch("relu_lrn_bwd", _lrn_bwd_walk_kernel, grid, (x, dy, dx, c, h * w, n_cb, n_t, alpha / size, k),
+           cfg, x.device, TINY=tiny_s(alpha, k))
 
 
 # The launch plans are pure functions of the shapes and settings, cached: an op's host work per call is a
 # dictionary lookup (the host time per call is what small AlexNet layers are bound by on a GPU).
 @functools.lru_cache(maxsize=256)
-def _fwd_plan(n, c, h, w, oh, ow, dtype, pool, size, beta, big):
+def _fwd_plan(n, c, hw, size, beta, big):
+    """(grid, config, (channel chunks, pixel blocks per image)) of the forward walk."""
     chunk = _chunk(c, size, size - 1)
     n_cb = cdiv(c, chunk)
-    if pool is None:
-        bc, warps = _pixel_block(h * w)
-        br, n_t, n_tc, tow = 1, cdiv(h * w, bc), 1, 1
-        consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0)
-    else:
-        tow = walk_forward_fits(size, pool, dtype)
-        n_pr, n_tc = oh, cdiv(ow, tow)  # the plane's grid of patches
-        br, bc = 1, _flat_block(n_pr * n_tc)
-        n_t = cdiv(n_pr * n_tc, br * bc)
-        consts = _pool_constexprs(pool)
-        warps = bc // 32
-    cfg = _WalkConfig(dict(SIZE=size, BETA=beta, POOL=pool is not None, TOH=1, TOW=tow, BR=br, BC=bc,
-                           CHUNK=chunk, BIG=big, IN_PLANE=pool is not None or h * w >= br * bc, **consts),
-                      num_warps=warps, n_cb=n_cb, n_t=n_t, n_tc=n_tc)
-    trips = _fwd_trips(c, chunk, size) if pool is None else (_mean_groups(c, chunk, size, size - 1),)
-    return (n_cb * n_t * n,), cfg, trips
+    block, warps = _pixel_block(hw)
+    n_t = cdiv(hw, block)
+    cfg = Config(dict(SIZE=size, BETA=beta, BLOCK=block, CHUNK=chunk, BIG=big, IN_PLANE=hw >= block),
+                 num_warps=warps)
+    return (n_cb * n_t * n,), cfg, (n_cb, n_t)
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_plan(n, c, h, w, dtype, pool, size, beta, big, cap):
+def _bwd_plan(n, c, hw, dtype, size, beta, big, cap):
     # long chunks: each costs a halo of 2 * (size - 1) channels and three bound-checked groups; the price
     # is fewer programs (AlexNet's conv2 LRN: 768 of 2 warps), for a GPU run to weigh
     chunk = _chunk(c, size, 2 * size - 2, 4 * _WALK_CHANNELS)
     n_cb = cdiv(c, chunk)
-    if pool is None:
-        bc, warps = _pixel_block(h * w)
-        if dtype == torch.bfloat16 and 0 < cap < 80:  # NVIDIA before sm_80 (no bfloat16 conversion): 2 pixels
-            warps = bc // 64  # a thread (Triton's emulated rounding spills with 4 on sm_75)
-        if bc == 256 and dtype == torch.float32:  # 4 float32 pixels a thread over 2 warps: ptxas spills
-            warps = 4
-        br, n_t, n_tc = 1, cdiv(h * w, bc), 1
-        consts = dict(KH=1, KW=1, SH=1, SW=1, PH=0, PW=0, OH_LO=0, NWH=1, OW_LO=0, NWW=1)
-    else:
-        (kh, kw), (sh, sw), (ph, pw) = pool
-        n_br, n_tc = cdiv(h, sh), cdiv(w, sw)  # the plane's grid of pixel blocks
-        br, bc = 1, _flat_block(n_br * n_tc)
-        n_t = cdiv(n_br * n_tc, br * bc)
-        (oh_lo, nwh), (ow_lo, nww) = _windows(kh, sh, ph), _windows(kw, sw, pw)
-        consts = dict(**_pool_constexprs(pool), OH_LO=oh_lo, NWH=nwh, OW_LO=ow_lo, NWW=nww)
-        warps = bc // 32
-    cfg = _WalkConfig(dict(SIZE=size, BETA=beta, POOL=pool is not None, BR=br, BC=bc, CHUNK=chunk, BIG=big,
-                           IN_PLANE=pool is not None or h * w >= br * bc, **consts),
-                      num_warps=warps, n_cb=n_cb, n_t=n_t, n_tc=n_tc)
-    trips = _bwd_trips(c, chunk, size) if pool is None else (_mean_groups(c, chunk, size, 2 * size - 2),)
-    return (n_cb * n_t * n,), cfg, trips
+    block, warps = _pixel_block(hw)
+    if dtype == torch.bfloat16 and 0 < cap < 80:  # NVIDIA before sm_80 (no bfloat16 conversion): 2 pixels
+        warps = block // 64  # a thread (Triton's emulated rounding spills with 4 on sm_75)
+    if block == 256 and dtype == torch.float32:  # 4 float32 pixels a thread over 2 warps: ptxas spills
+        warps = 4
+    n_t = cdiv(hw, block)
+    cfg = Config(dict(SIZE=size, BETA=beta, BLOCK=block, CHUNK=chunk, BIG=big, IN_PLANE=hw >= block),
+                 num_warps=warps)
+    return (n_cb * n_t * n,), cfg, (n_cb, n_t)
 
 
 def tiny_s(alpha: float, k: float) -> bool:
@@ -943,17 +626,13 @@ def _launch_tile(kernel, name, tensors, x, fmt, size, alpha, beta, k) -> None:
     cfg = _TILE_FWD if kernel is _relu_lrn_fwd_kernel else _TILE_BWD
     s_n, s_c, _, s_w = strides(x.shape, fmt)
     grid = (cdiv(c, cfg.constexprs["BLOCK_C"]) * cdiv(h * w, cfg.constexprs["BLOCK_HW"]) * n,)
-    launch(name, kernel, grid, (*tensors, c, h * w, s_n, s_c, s_w, alpha / size, k), cfg, x.device, (),
+    launch(name, kernel, grid, (*tensors, c, h * w, s_n, s_c, s_w, alpha / size, k), cfg, x.device,
            SIZE=size, BETA=float(beta), TINY=tiny_s(alpha, k), BIG=needs_int64(x))
 
 
 
 _CL_BLOCK = 128  # pixels per program of the channels_last walks (one a thread)
 _CL_THREADS = 2**17  # below this many pixels, the channels are split into chunks (more programs)
-
-
-def cl_walk_fits(size: int) -> bool:
-    return size <= WALK_MAX_SIZE
 
 
 def _cl_vec(c: int, tensors) -> int:
@@ -971,41 +650,30 @@ def _cl_vec(c: int, tensors) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _cl_plan(n, c, h, w, size, beta, vec, backward, threads):
-    """(grid, config, trips, chunks, chunk length) of a channels_last walk; fewer than ``threads`` pixels
-    split the channels."""
+    """(grid, config, chunks, chunk length) of a channels_last walk; fewer than ``threads`` pixels split
+    the channels."""
     lo = size // 2
     hi = size - 1 - lo
-    da = cdiv(hi, vec) * vec
-    db = cdiv(lo, vec) * vec
-    lag = da + db if backward else da  # outputs lag the x loads by this many channels
+    lag = cdiv(hi, vec) * vec + (cdiv(lo, vec) * vec if backward else 0)  # outputs lag the x loads so much
     np_ = n * h * w
     block = _CL_BLOCK if np_ >= _CL_BLOCK else 32
     # split the channels when the pixels alone give few threads, in chunks of at least 16 channels
     n_cb = max(1, min(threads // np_, c // max(16, 2 * vec)))
     chunk = cdiv(cdiv(c, n_cb), vec) * vec
     n_cb = cdiv(c, chunk)
-    whole = n_cb == 1 and c >= lag + vec
-    unroll = 2 if vec > 1 else 4
-    loops = []  # per program: unrolled main-loop trips, remainder steps, masked tail steps (chunks)
-    for c0 in range(0, c, chunk):
-        c_end = min(c0 + chunk, c)
-        n_ok = (max(min(c_end, c - lag), c0) - c0) // vec  # steps whose loads lie in [0, C)
-        loops.append((n_ok // unroll, n_ok % unroll, (c_end - c0) // vec - n_ok))
-    trips = tuple(sum(v) / n_cb for v in zip(*loops))[:2 if whole else 3]
-    cfg = Config(dict(SIZE=size, BETA=beta, VEC=vec, BLOCK_P=block, UNROLL=unroll, WHOLE=whole),
-                 num_warps=block // 32)
-    return (n_cb * cdiv(np_, block),), cfg, trips, n_cb, chunk
+    cfg = Config(dict(SIZE=size, BETA=beta, VEC=vec, BLOCK_P=block, UNROLL=2 if vec > 1 else 4,
+                      WHOLE=n_cb == 1 and c >= lag + vec), num_warps=block // 32)
+    return (n_cb * cdiv(np_, block),), cfg, n_cb, chunk
 
 
 def launch_cl_walk(tensors, x, size, alpha, beta, k, backward: bool) -> None:
     """relu_lrn forward (tensors x, y) or backward (x, dy, dx), channels_last."""
     n, c, h, w = x.shape
-    grid, cfg, trips, n_cb, chunk = _cl_plan(n, c, h, w, size, float(beta), _cl_vec(c, tensors), backward,
-                                              _CL_THREADS)
+    grid, cfg, n_cb, chunk = _cl_plan(n, c, h, w, size, float(beta), _cl_vec(c, tensors), backward,
+                                      _CL_THREADS)
     launch("relu_lrn_bwd" if backward else "relu_lrn_fwd",
            _relu_lrn_cl_bwd_kernel if backward else _relu_lrn_cl_fwd_kernel, grid,
-           (*tensors, c, n * h * w, n_cb, chunk, alpha / size, k), cfg, x.device, trips,
-           TINY=tiny_s(alpha, k))
+           (*tensors, c, n * h * w, n_cb, chunk, alpha / size, k), cfg, x.device, TINY=tiny_s(alpha, k))
 
 
 def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -1049,9 +717,9 @@ def _relu_lrn_forward(x, size, alpha, beta, k):
         return y
     if not use_triton(x):
         return y.copy_(lrn_forward_torch(x, size, alpha, beta, k))
-    if fmt == torch.contiguous_format and walk_forward_fits(size):
-        launch_walk_forward(x, y, None, None, size, alpha, beta, k)
-    elif fmt == torch.channels_last and cl_walk_fits(size):
+    if fmt == torch.contiguous_format and walk_fits(size):
+        launch_walk_forward(x, y, size, alpha, beta, k)
+    elif fmt == torch.channels_last and walk_fits(size):
         launch_cl_walk((x, y), x, size, alpha, beta, k, backward=False)
     else:
         _launch_tile(_relu_lrn_fwd_kernel, "relu_lrn_fwd", (x, y), x, fmt, size, alpha, beta, k)
@@ -1068,9 +736,9 @@ def _relu_lrn_backward(dy, x, size, alpha, beta, k):
         return dx
     if not use_triton(x):
         return dx.copy_(lrn_backward_torch(x, dy, size, alpha, beta, k))
-    if fmt == torch.contiguous_format and walk_backward_fits(size):
-        launch_walk_backward(x, dy, None, dx, None, size, alpha, beta, k)
-    elif fmt == torch.channels_last and cl_walk_fits(size):
+    if fmt == torch.contiguous_format and walk_fits(size):
+        launch_walk_backward(x, dy, dx, size, alpha, beta, k)
+    elif fmt == torch.channels_last and walk_fits(size):
         launch_cl_walk((x, dy, dx), x, size, alpha, beta, k, backward=True)
     else:
         _launch_tile(_relu_lrn_bwd_kernel, "relu_lrn_bwd", (x, dy, dx), x, fmt, size, alpha, beta, k)

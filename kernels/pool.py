@@ -587,7 +587,7 @@ def _pool_forward(x, kernel, stride, padding, relu=False, ceil_mode=False):
     flags = _int64_flags(c * h * w + slack, n * c * h * w + slack, lanes + cfg.constexprs["BLOCK_Q"])
     mh, mw = window_masks((h, w), (oh, ow), kernel, stride, padding)
     launch(f"{op}_fwd", _pool_fwd_kernel, _grid(cfg, lanes, c, fmt),
-           (x, y, am, c, h, w, oh, ow, lanes, *_magic(ow)), cfg, x.device, (oh,),
+           (x, y, am, c, h, w, oh, ow, lanes, *_magic(ow)), cfg, x.device,
            KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], MH=mh, MW=mw,
            CL=cl, RELU=relu, UNROLL=unroll, CARRY=unroll and kernel[0] == stride[0] + 1, **flags)
     return y, am
@@ -632,13 +632,13 @@ def _pool_backward(dy, am, input_hw, kernel, stride, padding, relu=False):
         span = (nbh + 1) * stride[0] * (nl * nb + 1) * stride[1]  # what a plane's lanes may address
         flags = _int64_flags(c * span, n * c * span, lanes + cfg.constexprs["BLOCK_Q"])
         launch(f"{op}_bwd", _pool_bwd_block_kernel, _grid(cfg, lanes, c, fmt),
-               (dy, am, dx, c, h, w, oh, ow, nbh, nl, lanes, *_magic(nl)), cfg, dy.device, (oh,),
+               (dy, am, dx, c, h, w, oh, ow, nbh, nl, lanes, *_magic(nl)), cfg, dy.device,
                NB=nb, MH=window_masks((h, w), (oh, ow), kernel, stride, padding)[0], **flags, **consts)
     else:
         lanes = planes * w
         flags = _int64_flags(c * (h + 1) * w, n * c * (h + 1) * w, lanes + cfg.constexprs["BLOCK_Q"])
         launch(f"{op}_bwd", _pool_bwd_gather_kernel, _grid(cfg, lanes, c, fmt),
-               (dy, am, dx, c, h, w, oh, ow, lanes, *_magic(w)), cfg, dy.device, (h,), **flags, **consts)
+               (dy, am, dx, c, h, w, oh, ow, lanes, *_magic(w)), cfg, dy.device, **flags, **consts)
     return dx
 
 

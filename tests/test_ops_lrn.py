@@ -155,9 +155,9 @@ def test_relu_lrn_channels_last_walk(monkeypatch, shape, dtype, size, offset, ch
     launches = []
     real = lrn.launch
 
-    def spy(name, fn, grid, args, cfg, device, trips=(), **kw):
+    def spy(name, fn, grid, args, cfg, device, **kw):
         launches.append((fn, {**cfg.constexprs, **kw}))
-        return real(name, fn, grid, args, cfg, device, trips, **kw)
+        return real(name, fn, grid, args, cfg, device, **kw)
 
     monkeypatch.setattr(lrn, "launch", spy)
     monkeypatch.setattr(lrn, "_CL_THREADS", 2**30 if chunks else 1)  # chunks of at least 16 channels

@@ -162,6 +162,68 @@ def test_mufu_weighted_by_trips_and_loop_bytes(sc):
     assert sc.analyse_sass(NESTED, (3, 4), num_warps=2)["mufu_per_program"] == {}
 
 
+# A loop with its zero-trip guard, then an if whose complement ends the program (ptxas's layout of
+# block.py's `if last:` epilogue): a conditional EXIT, the if's code up to the final EXIT.
+GUARDED = _sass(
+    (0x00, "S2R R0, SR_TID.X"),
+    (0x10, "@!P0 BRA 0x50"),  # the loop's guard: not an if
+    (0x20, "LDG.E R4, desc[UR4][R2.64]"),  # loop: 0x20 .. 0x40
+    (0x30, "IADD3 R6, R6, 0x1, RZ"),
+    (0x40, "@P1 BRA 0x20"),
+    (0x50, "@!P2 EXIT"),  # the if: 0x60 .. 0xa0
+    (0x60, "STG.E desc[UR4][R2.64], R4"),
+    (0x70, "@!P3 EXIT"),  # inside the if: not another one
+    (0x80, "STG.E desc[UR4][R2.64], R5"),
+    (0x90, "FADD R4, R4, R5"),
+    (0xa0, "EXIT"),
+    (0xb0, "BRA 0xb0"),
+)
+GUARDED_TTIR = """
+    %r = scf.for %g = %c0 to %n step %c1 iter_args(%a = %x) -> (f32) : i32 {
+    }
+    scf.if %last {
+      scf.if %inner {
+      }
+    }
+"""
+
+
+def test_ifs_weighted_by_the_fraction_of_programs_that_enter(sc):
+    instrs = sc.parse_sass(GUARDED)
+    assert sc.if_regions(instrs, sc.find_loops(instrs)) == [(0x60, 0xa0)]
+    assert sc.source_ifs(GUARDED_TTIR) == 1
+    r = sc.analyse_sass(GUARDED, (4,), num_warps=1, ttir=GUARDED_TTIR, ifs=(0.25,))
+    # 3 before and after the loop, 3 a trip, the if's 5 instructions in a quarter of the programs
+    assert r["warp_instructions_per_program"] == 3 + 4 * 3 + 0.25 * 5
+    assert r["stores_per_program"] == {"STG.E": 0.25 * 2 * 32}
+    assert r["loops_matched"] and r["if_regions"] == [dict(start="0x60", end="0xa0", fraction=0.25)]
+    # ifs the SASS does not show as declared: counted for every program, and flagged
+    r = sc.analyse_sass(GUARDED, (4,), num_warps=1, ttir=GUARDED_TTIR, ifs=(0.25, 0.5))
+    assert r["warp_instructions_per_program"] == 3 + 4 * 3 + 5 and not r["loops_matched"]
+
+
+def test_trips_come_from_the_launch_arguments(sc):
+    # relu_lrn's channel walks at conv2's 256 channels: groups of SIZE = 5 steps per chunk of CHUNK output
+    # channels, the first (forward) or two (backward) warming the rings up outside the loops; counted here
+    # from the chunks' lengths, against the report's reading of the kernel's loop bounds
+    import torch
+
+    import kernels
+    from kernels._common import recording
+    launches = []
+    x = torch.empty(2, 256, 6, 6).requires_grad_()
+    with recording(launches.append):
+        y = kernels.relu_lrn(x)
+        torch.autograd.grad(y, x, torch.empty_like(y))
+    assert [launch.fn.fn.__name__ for launch in launches] == ["_lrn_fwd_walk_kernel", "_lrn_bwd_walk_kernel"]
+    for launch, halo, warm in zip(launches, (4, 8), (1, 2)):
+        chunk = launch.constexprs["CHUNK"]
+        groups = [-(-(min(chunk, 256 - c0) + halo) // 5) for c0 in range(0, 256, chunk)]
+        trips = sc.kernel_trips(launch)
+        assert len(trips.loops) == 2 and trips.ifs == ()
+        assert sum(trips.loops) + warm == pytest.approx(sum(groups) / len(groups)), (launch.name, trips)
+
+
 def test_waves_and_binding_limit(sc):
     assert sc.SM_COUNT == 132 and sc.ISSUE_LANES // sc.MUFU_LANES == 8
     # the issue's example: the fused block forward, 588 programs of 4 warps at 12 resident warps per SM
@@ -173,11 +235,16 @@ def test_waves_and_binding_limit(sc):
     assert sc.binding_limit(2.0, 0.3) == (pytest.approx(2.4), "MUFU")
 
 
-def test_row_and_table_carry_the_other_limits(sc):
+def _kernel():
+    """A stand-in kernel for launches built by hand (its trips registered with monkeypatch)."""
+
+
+def test_row_and_table_carry_the_other_limits(sc, monkeypatch):
     import torch
 
     from kernels._common import Launch
-    launch = Launch("relu_lrn_fwd", None, (1000,), (), {}, 4, (3, 4), torch.device("cpu"))
+    monkeypatch.setitem(sc.TRIPS, f"{__name__}._kernel", lambda args, grid: sc.Trips((3, 4)))
+    launch = Launch("relu_lrn_fwd", _kernel, (1000,), (), {}, 4, torch.device("cpu"))
     # 128 registers x 128 threads: 4 programs of 4 warps fit the 64k registers of an SM
     compiled = dict(name="relu_lrn_fwd", function="k", num_warps=4, num_stages=1, constexprs={},
                     signature={}, aligned=[], trips=[3, 4], registers=128, spill_bytes=0, stack=0, local=0,

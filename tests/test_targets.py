@@ -40,9 +40,9 @@ def test_inline_ptx_by_default_on_nvidia(monkeypatch):
 
 
 @pytest.mark.parametrize("hip", [None, "6.2.41133"])
-def test_nchw_block_walks_the_channels_without_inline_ptx(monkeypatch, hip):
+def test_nchw_block_takes_the_tiles_without_inline_ptx(monkeypatch, hip):
     # the patch walks' hundreds of loads compile in seconds only as inline PTX (minutes as tl.load, in
-    # Triton's coalescing pass): builds without it launch the channel walk instead
+    # Triton's coalescing pass): builds without it launch the tile kernels instead
     monkeypatch.setattr(torch.version, "hip", hip)
     launches = []
     x = torch.empty(2, 96, 27, 27).requires_grad_()
@@ -51,8 +51,8 @@ def test_nchw_block_walks_the_channels_without_inline_ptx(monkeypatch, hip):
         torch.autograd.grad(y, x, torch.empty_like(y))
     names = [getattr(launch.fn, "fn", launch.fn).__name__ for launch in launches]
     patch = ["_patch_fwd_kernel", "_patch_bwd_kernel"]
-    walk = ["_lrn_fwd_walk_kernel", "_lrn_bwd_walk_kernel"]
-    assert names == (patch if common.inline_ptx() else walk), names
+    tiles = ["_pool_fwd_kernel", "_pool_bwd_kernel"]
+    assert names == (patch if common.inline_ptx() else tiles), names
 
 
 def test_no_asm_variable_switches_the_build_off():

@@ -4,19 +4,20 @@
     python bench/tools/sass_cost.py --ops relu_lrn --dtypes float32 --layouts nchw --keep-sass /tmp/sass
 
 Each op runs forward and backward on CPU tensors of the real shapes inside ``kernels._common.recording``:
-the ops take their Triton path but hand every launch (kernel, grid, arguments, constexprs, num_warps, the
-mean trip count of each runtime loop) to a callback instead of launching. Each launch is then compiled
-with ``JITFunction.warmup`` under a fake CUDA driver that reports an sm_90 device, so the JIT applies
-exactly the specialisations a real launch gets (integers equal to 1 become constants, integers and
-pointers divisible by 16 get alignment hints, integers that fit become i32; the same constexprs,
-num_warps and num_stages; check with ``--debug-spec``). From the cubin: registers, stack and local
-memory (``cuobjdump -res-usage``), spill bytes (the ``ptxas -v`` log of Triton's own ptxas run, or a
-rerun with Triton's flags when the kernel came from Triton's cache), occupancy, and the dynamic
-instruction count per program: SASS loops (a backward branch closes one) weighted by the launch's
-declared trip counts (and, for loops of constant count, the count in the TTIR), nested loops
-multiplied. Beside instructions per byte, the report's other limits: special-function (MUFU)
-instructions per byte against that pipe's 16 lanes, waves per launch on 132 SMs, and each loop's code
-size (bench/tools/README.md, "Other limits"). The result is an estimate that a GPU run (Nsight Compute's
+the ops take their Triton path but hand every launch (kernel, grid, arguments, constexprs, num_warps) to a
+callback instead of launching. Each launch is then compiled with ``JITFunction.warmup`` under a fake CUDA
+driver that reports an sm_90 device, so the JIT applies exactly the specialisations a real launch gets
+(integers equal to 1 become constants, integers and pointers divisible by 16 get alignment hints, integers
+that fit become i32; the same constexprs, num_warps and num_stages; check with ``--debug-spec``). From the
+cubin: registers, stack and local memory (``cuobjdump -res-usage``), spill bytes (the ``ptxas -v`` log of
+Triton's own ptxas run, or a rerun with Triton's flags when the kernel came from Triton's cache),
+occupancy, and the dynamic instruction count per program: SASS loops (a backward branch closes one)
+weighted by their mean trip counts, which this report computes from each launch's arguments as the kernel
+bounds its loops (``TRIPS``: a function per kernel; loops of constant count take the count in the TTIR),
+nested loops multiplied, and the code of a runtime ``if`` weighted by the fraction of programs that enter
+it (``if_regions``). Beside instructions per byte, the report's other limits: special-function (MUFU)
+instructions per byte against that pipe's 16 lanes, waves per launch on 132 SMs, and each loop's code size
+(bench/tools/README.md, "Other limits"). The result is an estimate that a GPU run (Nsight Compute's
 executed instructions) must confirm.
 
 The capture and compile machinery (``capture``, ``compile_launch``, ``compile_all``, ``analyse_sass``)
@@ -353,8 +354,8 @@ def compile_launch(launch: Launch, arch: int = 90, sass: bool = True, keep_text:
                   signature=dict(kernel.src.signature),
                   aligned=[launch.fn.arg_names[k[0]] for k, v in kernel.src.attrs.items()
                            if any(a[0] == "tt.divisibility" for a in v)],
-                  grid=list(launch.grid), trips=list(launch.trips), compile_s=round(t_compile, 3),
-                  compile_cpu_s=round(cpu_compile, 3))
+                  grid=list(launch.grid), trips=list(kernel_trips(launch).loops),
+                  compile_s=round(t_compile, 3), compile_cpu_s=round(cpu_compile, 3))
     if not cubin:
         return result
     # the ptxas log and the SASS are kept beside Triton's cache entry: a rerun needs neither ptxas nor
@@ -403,9 +404,10 @@ def compile_launch(launch: Launch, arch: int = 90, sass: bool = True, keep_text:
 
 
 def analyse_launch(launch: Launch, compiled: dict) -> dict:
-    """``analyse_sass`` of the launch's compiled kernel with the launch's own trips and grid."""
-    a = analyse_sass(compiled["sass"], launch.trips, launch.num_warps, compiled.get("ttir"))
-    a.update(grid=list(launch.grid), trips=list(launch.trips))
+    """``analyse_sass`` of the launch's compiled kernel with the trips of its own arguments and grid."""
+    trips = kernel_trips(launch)
+    a = analyse_sass(compiled["sass"], trips.loops, launch.num_warps, compiled.get("ttir"), trips.ifs)
+    a.update(grid=list(launch.grid), trips=list(trips.loops), if_fractions=list(trips.ifs))
     return a
 
 
@@ -492,6 +494,140 @@ def compile_all(launches: list[Launch], archs=(90,), processes: int = 2, sass: b
             _progress(log, i + 1, len(jobs), results[-1])
     _JOBS = []
     return [[results[unique[k]] for k in ks] for ks in keys]
+
+
+# ------------------------------------------------------------------------------- trip counts
+# How often each runtime loop of a kernel runs, computed here from the launch's own arguments as the
+# kernel computes its loop bounds, so that no kernel carries code for this report. One function per
+# kernel (module.name), given the launch's arguments by parameter name (constexprs included) and its
+# grid. It returns the mean trips per program of the kernel's runtime loops, outer first in source order
+# (nested ones per trip of the enclosing loop; loops of constant count are read from the TTIR), and for
+# each runtime ``if`` (an ``scf.if`` in the TTIR, in source order) the fraction of programs that enter it
+# (``if_regions`` finds its code in the SASS). A kernel without a function has neither.
+
+
+@dataclass(frozen=True)
+class Trips:
+    loops: tuple = ()  # mean trips per program of each runtime loop
+    ifs: tuple = ()  # fraction of programs that enter each runtime if
+
+
+TRIPS = {}
+
+
+def _trips_of(*kernels):
+    def register(f):
+        for k in kernels:
+            TRIPS[f"kernels.{k}"] = f
+        return f
+    return register
+
+
+def kernel_trips(launch: Launch) -> Trips:
+    """The launch's ``Trips``, from its kernel's function in ``TRIPS``."""
+    fn = getattr(launch.fn, "fn", launch.fn)
+    f = TRIPS.get(f"{fn.__module__}.{fn.__name__}")
+    if f is None:
+        return Trips()
+    args = {**dict(zip(getattr(launch.fn, "arg_names", ()), launch.args)), **launch.constexprs}
+    return f(args, launch.grid)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _tdiv(a: int, b: int) -> int:
+    """a // b rounded toward zero, as Triton divides signed integers."""
+    return int(a / b) if a < 0 else a // b
+
+
+def _mean(per_chunk: list[tuple]) -> tuple:
+    """Mean over a walk's channel chunks (every chunk runs in as many programs) of each loop's trips."""
+    return tuple(sum(v) / len(per_chunk) for v in zip(*per_chunk))
+
+
+@_trips_of("lrn._lrn_fwd_walk_kernel")
+def _lrn_fwd_walk(a, grid):
+    # bound-free groups [1, g1), checked groups [g1, n_g) of each chunk of CHUNK channels
+    c, size, chunk = a["C"], a["SIZE"], a["CHUNK"]
+    loops = []
+    for c0 in range(0, c, chunk):
+        c_end = min(c0 + chunk, c)
+        n_g = _cdiv(c_end - c0 + size - 1, size)
+        g1 = min(max(min(_tdiv(c_end - c0 - 1, size), _tdiv(c - c0 + size // 2 - size, size)) + 1, 1), n_g)
+        loops.append((g1 - 1, n_g - g1))
+    return Trips(_mean(loops))
+
+
+@_trips_of("lrn._lrn_bwd_walk_kernel")
+def _lrn_bwd_walk(a, grid):
+    # bound-free groups [2, g1), checked groups [max(g1, 2), n_g)
+    c, size, chunk = a["C"], a["SIZE"], a["CHUNK"]
+    loops = []
+    for c0 in range(0, c, chunk):
+        c_end = min(c0 + chunk, c)
+        n_g = _cdiv(c_end - c0 + 2 * size - 2, size)
+        g1 = min(max(min(_tdiv(c - c0 - 1, size), _tdiv(c_end - c0 + size - 2, size)) + 1, 2), n_g)
+        loops.append((max(g1 - 2, 0), max(n_g - max(g1, 2), 0)))
+    return Trips(_mean(loops))
+
+
+def _lrn_cl_walk(a, backward: bool) -> Trips:
+    # unrolled main-loop trips, remainder steps, and (chunked walks) the clamped tail's steps
+    c, size, vec, unroll, chunk = a["C"], a["SIZE"], a["VEC"], a["UNROLL"], a["CHUNK"]
+    lo, hi = size // 2, size - 1 - size // 2
+    lag = _cdiv(hi, vec) * vec + (_cdiv(lo, vec) * vec if backward else 0)  # D, or DA + DB
+    loops = []
+    for c0 in range(0, c, c if a["WHOLE"] else chunk):
+        c_end = min(c0 + chunk, c)
+        n_ok = (max(min(c_end, c - lag), c0) - c0) // vec  # steps whose loads lie in [0, C)
+        loops.append((n_ok // unroll, n_ok % unroll, (c_end - c0) // vec - n_ok))
+    return Trips(_mean(loops)[:2 if a["WHOLE"] else 3])
+
+
+TRIPS["kernels.lrn._relu_lrn_cl_fwd_kernel"] = lambda a, grid: _lrn_cl_walk(a, False)
+TRIPS["kernels.lrn._relu_lrn_cl_bwd_kernel"] = lambda a, grid: _lrn_cl_walk(a, True)
+
+
+@_trips_of("block._patch_fwd_kernel", "block._patch_bwd_kernel")
+def _block_patch_walk(a, grid):
+    # the main loop's groups of SIZE channels (L per chunk, LL in the last), and the last chunk's
+    # epilogue (`if last`): 1 chunk in n_cb
+    n_cb, size = a["n_cb"], a["SIZE"]
+    return Trips(loops=(((n_cb - 1) * a["L"] + a["LL"]) / size / n_cb,), ifs=(1 / n_cb,))
+
+
+@_trips_of("block._pool_fwd_kernel")
+def _block_tile_fwd(a, grid):
+    return Trips((a["KH"], a["KW"], a["size"]))  # window rows, columns, then each one's LRN window
+
+
+@_trips_of("block._pool_bwd_kernel")
+def _block_tile_bwd(a, grid):
+    # the SIZE channels c' whose windows hold c, each one's LRN window, and the pooling windows that can
+    # hold a pixel (rows, columns)
+    return Trips((a["size"], a["size"], _cdiv(a["KH"], a["SH"]), _cdiv(a["KW"], a["SW"])))
+
+
+@_trips_of("block_cl._cl_fwd_kernel")
+def _block_cl_fwd(a, grid):
+    return Trips((a["OH"] / grid[1],))  # a walk's pooled rows: OH over the grid's second axis
+
+
+@_trips_of("block_cl._cl_bwd_kernel")
+def _block_cl_bwd(a, grid):
+    return Trips((a["n_blocks"],))  # block rows per walk
+
+
+@_trips_of("pool._pool_fwd_kernel", "pool._pool_bwd_block_kernel")
+def _pool_rows(a, grid):
+    return Trips((a["OH"],))  # a lane walks the pooled rows
+
+
+@_trips_of("pool._pool_bwd_gather_kernel")
+def _pool_gather(a, grid):
+    return Trips((a["H"],))  # a lane walks the input rows
 
 
 # ------------------------------------------------------------------------------------ SASS analysis
@@ -657,6 +793,52 @@ def assign_source_trips(src: list[SrcLoop], declared, notes: list[str]) -> bool:
     return False
 
 
+def source_ifs(ttir: str) -> int:
+    """How many runtime ``if``s (``scf.if``) the kernel has outside its loops and other ifs."""
+    count, stack = 0, []  # indents of the open loops and ifs
+    for line in ttir.splitlines():
+        words = line.split()
+        if not ({"scf.for", "scf.while", "scf.if"} & set(words[:3] + words[2:4])):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1] >= indent:
+            stack.pop()
+        if "scf.if" in words[:3] + words[2:4] and not stack:
+            count += 1
+        stack.append(indent)
+    return count
+
+
+def if_regions(instrs: list[Instr], loops: list[Loop]) -> list[tuple[int, int]]:
+    """The code of each runtime ``if`` outside the loops, as ptxas lays it out: (first, last address).
+    Either the code a conditional forward branch skips (``@!P BRA target``: up to the target), or the
+    code after a conditional EXIT (``@!P EXIT``: programs that do not take the if end there) up to the
+    next unconditional EXIT. Not an if's: such code inside a loop, code that holds a loop (a loop's
+    zero-trip guard), and code inside an earlier region (an if's own inner branches)."""
+    regions = []
+    for n, ins in enumerate(instrs):
+        if not ins.pred:
+            continue
+        if ins.opcode.startswith("BRA"):
+            target = _branch_target(ins)
+            if target is None or target <= ins.addr:
+                continue
+            first, last = ins.addr + SASS_INSTR_BYTES, target - SASS_INSTR_BYTES
+        elif ins.opcode == "EXIT":
+            last = next((j.addr for j in instrs[n + 1:] if j.opcode == "EXIT" and not j.pred), None)
+            if last is None:
+                continue
+            first = ins.addr + SASS_INSTR_BYTES
+        else:
+            continue
+        if any(lp.start <= ins.addr <= lp.end or first <= lp.start <= last for lp in loops):
+            continue
+        if regions and regions[-1][0] <= first <= regions[-1][1]:
+            continue
+        regions.append((first, last))
+    return regions
+
+
 def _depths(loops: list[Loop]) -> None:
     for lp in loops:
         lp.depth = sum(1 for o in loops if o.contains(lp))
@@ -747,10 +929,11 @@ def map_loops(instrs: list[Instr], loops: list[Loop], src: list[SrcLoop], notes:
     return False
 
 
-def analyse_sass(sass: str, trips, num_warps: int, ttir: str | None = None) -> dict:
+def analyse_sass(sass: str, trips, num_warps: int, ttir: str | None = None, ifs=()) -> dict:
     """Dynamic warp-instructions per program, and global loads/stores per program, from the SASS and
-    the launch's declared trip counts (runtime loops, outer first, in source order). With the TTIR,
-    loops of constant count get their count and the declaration is checked against the kernel's loops;
+    the launch's trip counts (``trips``: runtime loops, outer first, in source order; ``ifs``: the fraction
+    of programs that enter each runtime if outside the loops, see ``if_regions``). With the TTIR, loops of
+    constant count get their count and the declaration is checked against the kernel's loops and ifs;
     without it, the declared trips are taken as all the loops there are."""
     instrs = parse_sass(sass)
     loops = find_loops(instrs)
@@ -773,12 +956,23 @@ def analyse_sass(sass: str, trips, num_warps: int, ttir: str | None = None) -> d
         for s, lp in zip(src, loops):
             s.depth = lp.depth
     mapped_ok = map_loops(main, loops, src, notes)
+    # the declared runtime ifs: each region's code weighted by the fraction of programs that enter it,
+    # where the SASS shows as many regions as the TTIR has ifs (else counted for every program)
+    regions = if_regions(main, loops) if ifs else []
+    n_ifs = source_ifs(ttir) if ttir is not None else len(ifs)
+    if ifs and not (len(regions) == len(ifs) == n_ifs):
+        notes.append(f"the launch declares {len(ifs)} ifs, the TTIR has {n_ifs} and the SASS {len(regions)} "
+                     "regions: every if counted for every program")
+        mapped_ok, regions = False, []
     weights = {}
     for ins in main:
         w = 1.0
         for lp in loops:
             if lp.start <= ins.addr <= lp.end:
                 w *= lp.trips if lp.trips is not None else 1.0
+        for (first, last), fraction in zip(regions, ifs):
+            if first <= ins.addr <= last:
+                w *= fraction
         weights[ins.addr] = w
     warp_instr = sum(weights[i.addr] for i in main)
     loads, stores, mufu = Counter(), Counter(), Counter()
@@ -805,6 +999,7 @@ def analyse_sass(sass: str, trips, num_warps: int, ttir: str | None = None) -> d
         loops=[dict(start=hex(lp.start), end=hex(lp.end), depth=lp.depth, trips=lp.trips,
                     instructions=sum(1 for i in main if lp.start <= i.addr <= lp.end),
                     bytes=lp.end - lp.start + SASS_INSTR_BYTES) for lp in loops],
+        if_regions=[dict(start=hex(a), end=hex(b), fraction=f) for (a, b), f in zip(regions, ifs)],
         loops_matched=declared_ok and mapped_ok,
         notes=notes,
     )
@@ -933,7 +1128,8 @@ def _row(c: dict, launches, ks: list[dict]) -> dict:
 _DETAILS = ("name", "function", "grid", "num_warps", "num_stages", "constexprs", "signature", "aligned",
             "trips", "registers", "spill_bytes", "stack", "local", "shared", "occupancy_warps",
             "programs", "programs_per_sm", "waves", "sass_instructions", "warp_instructions_per_program",
-            "mufu_per_program", "source_loops", "loops", "loops_matched", "notes")
+            "mufu_per_program", "source_loops", "loops", "if_fractions", "if_regions", "loops_matched",
+            "notes")
 
 
 def _fmt_mem(d: dict) -> str:
