@@ -15,6 +15,61 @@ import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
+
+def _lighter_interpreter() -> None:
+    """Two costs of Triton's interpreter (3.6-3.8) that change nothing it computes; together they took
+    about 60% of an interpreted test's time (tests/README.md, "Where the time goes"):
+    - with ``debug`` off it still checks every int32 add, sub and mul for overflow (the sum redone in int64
+      and compared), then drops the check: ``device_assert`` returns at once without ``debug``;
+    - every call of a ``@triton.jit`` helper inside a kernel patches ``triton.language`` again (a scan of
+      its members, ~0.3 ms), which the launch has already patched for the same modules.
+    Each is skipped only where the interpreter looks as expected; otherwise it runs as shipped."""
+    import dataclasses
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if dataclasses.is_dataclass(options) and {"debug", "sanitize_overflow"} <= options.__dict__.keys() \
+            and not options.debug:
+        builder.options = dataclasses.replace(options, sanitize_overflow=False)
+
+    patch_lang = getattr(interpreter, "_patch_lang", None)
+    executor = getattr(interpreter, "GridExecutor", None)
+    scope = getattr(interpreter, "_LangPatchScope", None)
+    if patch_lang is None or executor is None or scope is None:
+        return
+    patched = []  # the language modules patched by the running launch (one launch at a time)
+
+    def modules(fn) -> set[int]:  # the modules _patch_lang patches for fn
+        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+
+    def once_per_launch(fn):
+        if patched:
+            wanted = modules(fn)
+            if wanted <= patched[-1]:
+                return scope()  # nothing to restore
+            patched[-1] |= wanted
+        return patch_lang(fn)
+
+    launch = executor.__call__
+
+    def call(self, *args, **kwargs):
+        patched.append(set())  # filled by the launch's own _patch_lang
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            patched.pop()
+
+    interpreter._patch_lang = once_per_launch
+    executor.__call__ = call
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _lighter_interpreter()
+
 # The exhaustive tier (.ci/run runs it after the plain `python -m pytest -q`): ALEXNET_EXHAUSTIVE=1 runs the
 # tests marked slow and gives the hypothesis tests their full number of examples (tests/_utils.py).
 EXHAUSTIVE = os.environ.get("ALEXNET_EXHAUSTIVE", "0") not in ("", "0")

@@ -4,7 +4,6 @@ sequence, every op chained in one graph, compiled by Inductor against eager; and
 
 import contextlib
 
-import pytest
 import torch
 
 import kernels
@@ -21,7 +20,6 @@ def block(x, seed):
     return kernels.dropout(h, 0.3, True, seed + 1)
 
 
-@pytest.mark.slow
 def test_compile_fullgraph_inductor_matches_eager():
     torch._dynamo.reset()
     x = to_memory_format(make_values((2, 8, 9, 9), "normal", 21, torch.float32, scale=5.0), "contiguous")
