@@ -18,7 +18,7 @@ HAS_CUDA = torch.cuda.is_available()
 
 def _lighter_interpreter() -> None:
     """Two costs of Triton's interpreter (3.6-3.8) that change nothing it computes; together they took
-    about 60% of an interpreted test's time (tests/README.md, "Where the time goes"):
+    about 60% of an interpreted test's time (README.md, "Tests"):
     - with ``debug`` off it still checks every int32 add, sub and mul for overflow (the sum redone in int64
       and compared), then drops the check: ``device_assert`` returns at once without ``debug``;
     - every call of a ``@triton.jit`` helper inside a kernel patches ``triton.language`` again (a scan of

@@ -86,7 +86,7 @@ def test_launch_runs_under_the_tensors_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device", devices)
     fn = FakeKernel(devices)
     cfg = _common.Config(dict(BLOCK=64), num_warps=2)
-    _common.launch("fake", fn, (3,), (1, 2.5), cfg, torch.device("cuda", 1), (4,), EXTRA=True)
+    _common.launch("fake", fn, (3,), (1, 2.5), cfg, torch.device("cuda", 1), EXTRA=True)
     assert fn.calls == [dict(grid=(3,), args=(1, 2.5), kwargs=dict(BLOCK=64, EXTRA=True, num_warps=2),
                              device=1)], f"launched as {fn.calls} (devices entered: {devices.entered})"
     assert devices.current == [0], "the guard must be left after the launch"
