@@ -98,3 +98,24 @@ def test_flop_counter_mode_runs_the_registered_op():
     with RecordOps() as rec, FlopCounterMode(display=False):
         K.relu_lrn_max_pool2d(x, **LRN, **POOL)
     assert alexnet_ops(rec.names), rec.names
+
+
+def test_a_tensor_subclass_sees_the_op():
+    """A tensor subclass (outside any mode) takes the registered op, so its ``__torch_dispatch__`` sees it,
+    and each of its halves gets the plain tensor's result."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    seen = []
+
+    class Logged(TwoTensor):
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args, kwargs=None):
+            seen.append(f"{func.namespace}::{func._opname}")
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    x = torch.randn(1, 8, 5, 5)
+    y = CALLS["relu_lrn"](Logged(x, x.clone()))
+    assert type(y) is Logged and "alexnet_triton::relu_lrn" in seen, seen
+    want = CALLS["relu_lrn"](x)
+    torch.testing.assert_close(y.a, want, rtol=0, atol=0)
+    torch.testing.assert_close(y.b, want, rtol=0, atol=0)

@@ -99,3 +99,38 @@ def test_recorded_launch_is_handed_over_under_the_tensors_device(monkeypatch):
     with _common.recording(lambda launch: seen.append((launch.device, devices.current[-1]))):
         _common.launch("fake", FakeKernel(devices), (1,), (), _common.Config({}), torch.device("cuda", 1))
     assert seen == [(torch.device("cuda", 1), 1)]
+
+
+# ------------------------------------------------------------------------------------ which path runs
+
+
+def test_triton_disabled_sends_cpu_tensors_to_the_pytorch_path():
+    """The "torch" path of every equivalence test is ``triton_disabled``: it must really leave the kernels
+    (else the plain-PyTorch path goes untested); outside it CPU tensors run the kernels only when
+    interpreted."""
+    x = torch.empty(1)
+    assert kernels.use_triton(x) == (_common.HAS_TRITON and _common.INTERPRET)
+    with kernels.triton_disabled():
+        assert not kernels.use_triton(x)
+    assert kernels.use_triton(x) == (_common.HAS_TRITON and _common.INTERPRET)
+
+
+def test_capability_is_zero_on_rocm(monkeypatch):
+    """On ROCm the launch plans take the no-PTX shapes (capability 0), whatever a CUDA query would say."""
+    monkeypatch.setattr(torch.version, "hip", "6.0")
+    assert _common.capability(torch.empty(1)) == 0
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert _common.capability(torch.empty(1)) == 90  # the interpreter and recorded launches
+
+
+def test_tiny_s_exactly_where_s_may_be_subnormal():
+    """TINY scales s around the flush-to-zero approximations. Needed where s = k + alpha/n * sumsq may fall
+    below float32's normal range (k < 2^-126, or alpha < 0); elsewhere it would cost instructions. The
+    interpreter computes exactly, so only this test (and a GPU run) sees either mistake."""
+    from kernels.lrn import tiny_s
+
+    for alpha, k in [(1e-4, 2.0), (1e-4, 1.0), (0.5, 2.0 ** -126), (0.0, 1e-30)]:
+        assert not tiny_s(alpha, k), (alpha, k)
+    for alpha, k in [(1e-4, 0.0), (1e-4, 2.0 ** -127), (1e-4, 1e-45), (1e-4, -1.0), (-1e-4, 2.0),
+                     (1e-4, float("nan"))]:
+        assert tiny_s(alpha, k), (alpha, k)

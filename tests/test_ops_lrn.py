@@ -96,6 +96,27 @@ def test_relu_lrn_nan_inf_propagate_across_the_window(path, dtype):
     assert_close_verbose(out, ref, TOLERANCES[dtype], name=f"relu_lrn nan/inf {dtype}")
 
 
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", marks=pytest.mark.skipif(not kernels.INTERPRET, reason="the kernels, interpreted")),
+    pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_relu_lrn_k_zero_backward_with_subnormal_window_sums(device, fmt):
+    """k = 0 and activations ~1e-17: s ~ 6e-39 lies below float32's normal range, where the kernels scale
+    it around their flush-to-zero approximations (TINY) in the backward too (s^-1 as well as s^-beta);
+    gradients of ~1e-30 keep every product inside float32. Compared with float64 autograd (PyTorch's own
+    float32 backward gives NaN here: the kernels are held to the float64 result)."""
+    g = torch.Generator().manual_seed(3)
+    x = 8e-18 * (1 + 0.2 * torch.rand(2, 8, 7, 9, generator=g))
+    dy = 1e-30 * torch.randn(2, 8, 7, 9, generator=g)
+    xk = to_memory_format(x, fmt).to(device).requires_grad_()
+    (dx,) = torch.autograd.grad(kernels.relu_lrn(xk, 5, 1e-4, 0.75, 0.0), xk, dy.to(device))
+    x64 = x.double().requires_grad_()
+    (want,) = torch.autograd.grad(reference.relu_lrn(x64, 5, 1e-4, 0.75, 0.0), x64, dy.double())
+    assert torch.isfinite(dx).all(), f"{device} {fmt}: non-finite gradient"
+    err = float((dx.cpu().double() - want).abs().max() / want.abs().max())
+    assert err < 1e-5, f"{device} {fmt}: max error {err:.3g} of max |dx| (float32 gives ~2e-7)"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter only: compiled kernels may contract "
                     "multiply-adds differently")
 @pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.3), (3, 1.0)])
