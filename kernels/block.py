@@ -452,9 +452,10 @@ if triton is not None:
 
 # ------------------------------------------------------------------------------------ launchers
 
-# The tile kernels' configurations: four outputs (forward) or inputs (backward) a thread. With one or two,
-# ptxas keeps a value across the loop nest in local memory on some targets and dtypes (8-40 bytes spilled
-# on sm_75, sm_80 or sm_90a); these spill nowhere (every dtype, windows up to 17 x 17, SIZE up to 17).
+# The tile kernels' configurations: four outputs (forward) or inputs (backward) a thread. Left to choose,
+# ptxas keeps them at 56-64 registers on some targets and spills 8-40 bytes (a value kept across the loop
+# nest, with one or two elements a thread also on sm_75-sm_90a); capped (.maxnreg, NVIDIA's only) it takes
+# 72-120 and spills nothing in any dtype, window or SIZE up to 17.
 _FWD_CONFIGS = {
     torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_P=64), num_warps=4),
     torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_P=16), num_warps=2),
@@ -463,6 +464,12 @@ _BWD_CONFIGS = {
     torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=64), num_warps=4),
     torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=16), num_warps=4),
 }
+_TILE_MAX_REGISTERS = 128
+
+
+def _tile_options() -> dict:
+    """The register cap of the tile kernels, where the target takes one (not on ROCm)."""
+    return {} if torch.version.hip else dict(maxnreg=_TILE_MAX_REGISTERS)
 
 
 _PATCH_BUDGET = 125  # ring registers a thread may hold: SIZE per input pixel under its patch
@@ -601,7 +608,7 @@ def _block_forward(x, kernel, stride, padding, lrn):
     launch("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
            (x, y, am, c, h, w, ow, oh * ow, *strides(x.shape, fmt), *strides(y.shape, fmt), *kernel, *stride,
             *padding, *_lrn_launch_args(lrn)), cfg, x.device, BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]),
-           BIG=needs_int64(x, y))
+           BIG=needs_int64(x, y), **_tile_options())
     return y, am
 
 
@@ -635,7 +642,7 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
     launch("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *strides(x.shape, fmt), *strides(dy.shape, fmt),
             *kernel, *stride, *padding, *_lrn_launch_args(lrn)), cfg, dy.device,
-           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), BIG=needs_int64(x, dy))
+           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), BIG=needs_int64(x, dy), **_tile_options())
     return dx
 
 
