@@ -758,7 +758,7 @@ def source_loops(ttir: str) -> list[SrcLoop]:
 
 
 def assign_source_trips(src: list[SrcLoop], declared, notes: list[str]) -> bool:
-    """Give each source loop its trip count: the declared ones (the launch's ``trips``, runtime loops in
+    """Give each source loop its trip count: the declared ones (``kernel_trips``: runtime loops in
     source order) and the constant ones. Returns False where the declaration does not fit the loops."""
     declared = [float(t) for t in declared]
     runtime = [lp for lp in src if lp.const is None]
@@ -1241,10 +1241,12 @@ def main(argv=None) -> int:
                 sm_count=SM_COUNT, issue_lanes_per_sm=ISSUE_LANES, mufu_lanes_per_sm=MUFU_LANES,
                 sass_instruction_bytes=SASS_INSTR_BYTES, icache_flag_bytes=ICACHE_FLAG_BYTES,
                 method=("static estimate from the SASS of each kernel compiled as the JIT would at "
-                        "runtime (fake CUDA driver, sm_90a); loops weighted by the launches' declared mean "
-                        "trip counts; every instruction of a loop body counted on every trip, both sides of "
-                        "forward branches counted, predicated-off instructions counted; to be confirmed on a "
-                        "GPU with Nsight Compute (executed instructions, DRAM bytes)"))
+                        "runtime (fake CUDA driver, sm_90a); loops weighted by their mean trip counts and "
+                        "runtime ifs outside loops by the fraction of programs entering them, both computed "
+                        "from each launch's arguments (TRIPS); every instruction of a loop body counted on "
+                        "every trip, both sides of other forward branches counted, predicated-off "
+                        "instructions counted; to be confirmed on a GPU with Nsight Compute (executed "
+                        "instructions, DRAM bytes)"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"sass_cost_{triton.__version__}_{date}"
@@ -1253,12 +1255,12 @@ def main(argv=None) -> int:
     md = [f"# Static cost from SASS (sm_90a), triton {triton.__version__}, {date}", "",
           "A static estimate, read from the SASS each kernel compiles to for sm_90a (compiled as Triton's "
           "JIT would for these launches, without a GPU): dynamic thread-instructions from the SASS loops "
-          "weighted by each launch's declared trip counts. A GPU run (Nsight Compute: executed instructions, "
-          "DRAM bytes, duration) must confirm it. " + BUDGET, "",
+          "weighted by their trip counts, computed from each launch's arguments. A GPU run (Nsight "
+          "Compute: executed instructions, DRAM bytes, duration) must confirm it. " + BUDGET, "",
           f"Batch {BATCH}; LRN {LRN}; pool {POOL}; dropout p=0.5. instr/B: thread-instructions per minimal "
           "byte (bench/README.md's model); instr/elem: per input element (pool forwards: also per output); "
           "loads/stores per input element by SASS opcode (L = LDG, S = STG; widths in bits, no suffix = 32); "
-          "loops: SASS loops matched the declared trips one-to-one. "
+          "loops: SASS loops (and runtime ifs) matched the kernel's loops and ifs one-to-one. "
           f"MUFU/B: special-function thread-instructions per minimal byte, and in brackets their issue-slot "
           f"equivalent (x{ISSUE_LANES // MUFU_LANES}: {MUFU_LANES} MUFU lanes per clock per SM against "
           f"{ISSUE_LANES} issue lanes); bound: the larger of instr/B and that equivalent (issue or MUFU). "
