@@ -542,35 +542,35 @@ def _tdiv(a: int, b: int) -> int:
     return int(a / b) if a < 0 else a // b
 
 
-def _mean(per_chunk: list[tuple]) -> tuple:
-    """Mean over a walk's channel chunks (every chunk runs in as many programs) of each loop's trips."""
+def _chunk_mean(c: int, chunk: int, loops_of, step: int | None = None) -> tuple:
+    """Mean of each loop's trips over a walk's channel chunks [c0, min(c0 + chunk, c)), c0 every ``step``
+    (``chunk``) channels: every chunk runs in as many programs. ``loops_of(c0, c_end)``: a chunk's trips."""
+    per_chunk = [loops_of(c0, min(c0 + chunk, c)) for c0 in range(0, c, step or chunk)]
     return tuple(sum(v) / len(per_chunk) for v in zip(*per_chunk))
 
 
 @_trips_of("lrn._lrn_fwd_walk_kernel")
 def _lrn_fwd_walk(a, grid):
     # bound-free groups [1, g1), checked groups [g1, n_g) of each chunk of CHUNK channels
-    c, size, chunk = a["C"], a["SIZE"], a["CHUNK"]
-    loops = []
-    for c0 in range(0, c, chunk):
-        c_end = min(c0 + chunk, c)
+    c, size = a["C"], a["SIZE"]
+
+    def loops_of(c0, c_end):
         n_g = _cdiv(c_end - c0 + size - 1, size)
         g1 = min(max(min(_tdiv(c_end - c0 - 1, size), _tdiv(c - c0 + size // 2 - size, size)) + 1, 1), n_g)
-        loops.append((g1 - 1, n_g - g1))
-    return Trips(_mean(loops))
+        return g1 - 1, n_g - g1
+    return Trips(_chunk_mean(c, a["CHUNK"], loops_of))
 
 
 @_trips_of("lrn._lrn_bwd_walk_kernel")
 def _lrn_bwd_walk(a, grid):
     # bound-free groups [2, g1), checked groups [max(g1, 2), n_g)
-    c, size, chunk = a["C"], a["SIZE"], a["CHUNK"]
-    loops = []
-    for c0 in range(0, c, chunk):
-        c_end = min(c0 + chunk, c)
+    c, size = a["C"], a["SIZE"]
+
+    def loops_of(c0, c_end):
         n_g = _cdiv(c_end - c0 + 2 * size - 2, size)
         g1 = min(max(min(_tdiv(c - c0 - 1, size), _tdiv(c_end - c0 + size - 2, size)) + 1, 2), n_g)
-        loops.append((max(g1 - 2, 0), max(n_g - max(g1, 2), 0)))
-    return Trips(_mean(loops))
+        return max(g1 - 2, 0), max(n_g - max(g1, 2), 0)
+    return Trips(_chunk_mean(c, a["CHUNK"], loops_of))
 
 
 def _lrn_cl_walk(a, backward: bool) -> Trips:
@@ -578,16 +578,21 @@ def _lrn_cl_walk(a, backward: bool) -> Trips:
     c, size, vec, unroll, chunk = a["C"], a["SIZE"], a["VEC"], a["UNROLL"], a["CHUNK"]
     lo, hi = size // 2, size - 1 - size // 2
     lag = _cdiv(hi, vec) * vec + (_cdiv(lo, vec) * vec if backward else 0)  # D, or DA + DB
-    loops = []
-    for c0 in range(0, c, c if a["WHOLE"] else chunk):
-        c_end = min(c0 + chunk, c)
+
+    def loops_of(c0, c_end):
         n_ok = (max(min(c_end, c - lag), c0) - c0) // vec  # steps whose loads lie in [0, C)
-        loops.append((n_ok // unroll, n_ok % unroll, (c_end - c0) // vec - n_ok))
-    return Trips(_mean(loops)[:2 if a["WHOLE"] else 3])
+        return n_ok // unroll, n_ok % unroll, (c_end - c0) // vec - n_ok
+    return Trips(_chunk_mean(c, chunk, loops_of, step=c if a["WHOLE"] else chunk)[:2 if a["WHOLE"] else 3])
 
 
-TRIPS["kernels.lrn._relu_lrn_cl_fwd_kernel"] = lambda a, grid: _lrn_cl_walk(a, False)
-TRIPS["kernels.lrn._relu_lrn_cl_bwd_kernel"] = lambda a, grid: _lrn_cl_walk(a, True)
+@_trips_of("lrn._relu_lrn_cl_fwd_kernel")
+def _lrn_cl_fwd_walk(a, grid):
+    return _lrn_cl_walk(a, backward=False)
+
+
+@_trips_of("lrn._relu_lrn_cl_bwd_kernel")
+def _lrn_cl_bwd_walk(a, grid):
+    return _lrn_cl_walk(a, backward=True)
 
 
 @_trips_of("block._patch_fwd_kernel", "block._patch_bwd_kernel")
