@@ -298,13 +298,12 @@ def _pow_neg_normal(s, BETA: tl.constexpr):
 
 @triton.jit
 def _ring_sumsq(ring, SIZE: tl.constexpr):
-    """Sum of squares of the ring, oldest first: always the same order of channels, whatever kernel
-    or chunk computes it. (Left to LLVM's contraction, which fuses within a basic block only: written
-    as an explicit tl.fma chain it costs 1-2.5% more instructions on relu_lrn's and the NCHW block's
-    rows, and ptxas spills 16 bytes in relu_lrn's float32 NCHW backward at 55 x 55; issue 19, item 3.)"""
+    """Sum of squares of the ring, oldest first, as one fma chain: every kernel rounds it identically,
+    whatever its basic blocks (LLVM contracts a * b + c only within one; tests/test_sass_cost.py
+    fails on an unfused add of a square)."""
     s = ring[0] * ring[0]
     for d in tl.static_range(1, SIZE):
-        s += ring[d] * ring[d]
+        s = tl.fma(ring[d], ring[d], s)
     return s
 
 

@@ -251,19 +251,12 @@ if triton is not None:
         x_img = x_ptr + n.to(tl.int64) * s_n
         y_img = y_ptr + n.to(tl.int64) * s_n
         sp = hw * s_hw
-        zero = _acc_zeros(valid, x_ptr)
-        s = zero
-        r_c = zero
+        w = ()
         for d in tl.static_range(SIZE):  # channels c - LO .. c + HI, oldest first as in the walks
             cc = c + (d - LO)
-            v = _relu_up(tl.load(x_img + cc * s_c + sp, mask=valid & (cc >= 0) & (cc < C), other=0.0))
-            if d == 0:
-                s = v * v
-            else:
-                s = tl.fma(v, v, s)
-            if d == LO:
-                r_c = v
-        y = _lrn_y(r_c, s, alpha_n, k, BETA, TINY)
+            m = valid & (cc >= 0) & (cc < C)
+            w = w + (_relu_up(tl.load(x_img + cc * s_c + sp, mask=m, other=0.0)),)
+        y = _lrn_y(w[LO], _ring_sumsq(w, SIZE), alpha_n, k, BETA, TINY)
         tl.store(y_img + c * s_c + sp, y.to(y_ptr.dtype.element_ty), mask=valid)
 
     # Backward (see _lrn_bwd_walk_kernel for the derivation). The 2 * SIZE - 1 channels around c are

@@ -123,6 +123,19 @@ def test_unrolled_loop_and_remainder_read_as_one(sc):
     assert any("unrolled x4" in n for n in r["notes"])
 
 
+def test_unfused_square_adds(sc):
+    chain = _sass((0x00, "FMUL R3, R2, R2"), (0x10, "FFMA R3, R4.reuse, R4.reuse, R3"),
+                  (0x20, "FADD R6, R3, R7"), (0x30, "EXIT"))  # a sum of squares, then a plain add
+    assert sc.unfused_square_adds(chain) == []
+    unfused = _sass((0x00, "FMUL R3, R2.reuse, R2.reuse"), (0x10, "FMUL R5, R4, R4"),
+                    (0x20, "FADD R6, R3, -R5"), (0x30, "EXIT"))
+    found = sc.unfused_square_adds(unfused)
+    assert len(found) == 2 and found[0].startswith("0x0020 FADD") and "0x0000 FMUL" in found[0]
+    overwritten = _sass((0x00, "FMUL R4, R2, R2"), (0x10, "LDG.E.64 R4, desc[UR4][R8.64]"),
+                        (0x20, "FMUL R9, R2, R3"), (0x30, "FADD R6, R4, R9"), (0x40, "EXIT"))
+    assert sc.unfused_square_adds(overwritten) == []  # R4 reloaded; R9 is a product, not a square
+
+
 def test_occupancy(sc):
     assert sc.occupancy_warps(32, 4, 0) == 64
     assert sc.occupancy_warps(128, 4, 0) == 16

@@ -700,6 +700,37 @@ def find_loops(instrs: list[Instr]) -> list[Loop]:
     return sorted((Loop(s, e) for s, e in ends.items()), key=lambda lp: (lp.start, -lp.end))
 
 
+def _register(operand: str) -> str:
+    """The register an operand names ("-|R12.reuse|" -> "R12"), or the operand as it is."""
+    return operand.strip().strip("-|").replace(".reuse", "").strip("|")
+
+
+def unfused_square_adds(text: str) -> list[str]:
+    """FADDs that add a square (the result of ``FMUL Rd, Ra, Ra``): a window's sum of squares left to
+    LLVM's contraction instead of kernels/_jit.py's fma chain, which would round s differently from the
+    other LRN kernels. Reads the SASS in address order, each source taken from its latest earlier write
+    (straight-line code: a square written in another block and added across a branch can hide)."""
+    last: dict[str, Instr] = {}
+    found = []
+    for ins in parse_sass(text):
+        regs = [_register(o) for o in ins.operands.split(",")] if ins.operands else []
+        if ins.opcode.split(".")[0] == "FADD":
+            for src in regs[1:]:
+                d = last.get(src)
+                if d is not None and d.opcode.split(".")[0] == "FMUL":
+                    a = [_register(o) for o in d.operands.split(",")]
+                    if len(a) >= 3 and a[1] == a[2]:
+                        found.append(f"{ins.addr:#06x} {ins.opcode} {ins.operands} adds "
+                                     f"{d.addr:#06x} {d.opcode} {d.operands}")
+        if regs and re.fullmatch(r"R\d+", regs[0]):
+            n = int(regs[0][1:])
+            wide = 4 if ".128" in ins.opcode else 2 if (".64" in ins.opcode or ".WIDE" in ins.opcode) else 1
+            for i in range(wide):
+                last.pop(f"R{n + i}", None)
+            last[regs[0]] = ins
+    return found
+
+
 def _mem_width(opcode: str) -> int:
     parts = opcode.split(".")[1:]
     for p in parts:
