@@ -239,13 +239,18 @@ def cdiv(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class Config:
-    """One launch configuration: constexprs and num_warps."""
+    """One launch configuration: constexprs, num_warps and a register cap.
+
+    max_registers: NVIDIA's .maxnreg (ROCm has none). Left without one, ptxas aims some kernels at a
+    register count of its own choosing and spills a few bytes to meet it (8-40 bytes, on some targets
+    only); with an explicit cap it allocates up to the cap and spills nothing (tests/test_compile_sm.py)."""
 
     constexprs: dict
     num_warps: int = 4
+    max_registers: int | None = None
 
     def __hash__(self):
-        return hash((tuple(sorted(self.constexprs.items())), self.num_warps))
+        return hash((tuple(sorted(self.constexprs.items())), self.num_warps, self.max_registers))
 
 
 # ------------------------------------------------------------------------------------- launching
@@ -289,6 +294,8 @@ def launch(name: str, fn, grid: tuple, args: tuple, cfg: Config, device: torch.d
     """Launch ``fn[grid](*args, **cfg.constexprs, **constexprs)`` under ``device``'s guard (or hand it
     to the active recorder)."""
     constexprs = {**cfg.constexprs, **constexprs}
+    if cfg.max_registers and not torch.version.hip:
+        constexprs["maxnreg"] = cfg.max_registers
     with device_guard(device):
         recorder = getattr(_state, "recorder", None)
         if recorder is not None:

@@ -457,19 +457,13 @@ if triton is not None:
 # nest, with one or two elements a thread also on sm_75-sm_90a); capped (.maxnreg, NVIDIA's only) it takes
 # 72-120 and spills nothing in any dtype, window or SIZE up to 17.
 _FWD_CONFIGS = {
-    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_P=64), num_warps=4),
-    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_P=16), num_warps=2),
+    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_P=64), num_warps=4, max_registers=128),
+    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_P=16), num_warps=2, max_registers=128),
 }
 _BWD_CONFIGS = {
-    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=64), num_warps=4),
-    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=16), num_warps=4),
+    torch.contiguous_format: Config(dict(BLOCK_C=8, BLOCK_HW=64), num_warps=4, max_registers=128),
+    torch.channels_last: Config(dict(BLOCK_C=16, BLOCK_HW=16), num_warps=4, max_registers=128),
 }
-_TILE_MAX_REGISTERS = 128
-
-
-def _tile_options() -> dict:
-    """The register cap of the tile kernels, where the target takes one (not on ROCm)."""
-    return {} if torch.version.hip else dict(maxnreg=_TILE_MAX_REGISTERS)
 
 
 _PATCH_BUDGET = 125  # ring registers a thread may hold: SIZE per input pixel under its patch
@@ -608,7 +602,7 @@ def _block_forward(x, kernel, stride, padding, lrn):
     launch("relu_lrn_max_pool2d_fwd", _pool_fwd_kernel, grid,
            (x, y, am, c, h, w, ow, oh * ow, *strides(x.shape, fmt), *strides(y.shape, fmt), *kernel, *stride,
             *padding, *_lrn_launch_args(lrn)), cfg, x.device, BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]),
-           BIG=needs_int64(x, y), **_tile_options())
+           BIG=needs_int64(x, y))
     return y, am
 
 
@@ -642,7 +636,7 @@ def _block_backward(dy, am, x, kernel, stride, padding, lrn):
     launch("relu_lrn_max_pool2d_bwd", _pool_bwd_kernel, grid,
            (x, dy, am, dx, c, h, w, dy.shape[2], dy.shape[3], *strides(x.shape, fmt), *strides(dy.shape, fmt),
             *kernel, *stride, *padding, *_lrn_launch_args(lrn)), cfg, dy.device,
-           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), BIG=needs_int64(x, dy), **_tile_options())
+           BETA=float(lrn[2]), TINY=tiny_s(lrn[1], lrn[3]), BIG=needs_int64(x, dy))
     return dx
 
 

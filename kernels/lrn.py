@@ -586,20 +586,38 @@ def _fwd_plan(n, c, hw, size, beta, big):
     return (n_cb * n_t * n,), cfg, (n_cb, n_t)
 
 
+def _bwd_pixels(dtype, size: int, block: int, cap: int) -> int:
+    """Pixels a backward-walk thread owns: 4 (AlexNet's SIZE 5), or fewer for wider windows and float64. A
+    thread keeps three rings of SIZE values a pixel (relu(x), t, a), two registers a value in float64;
+    past 60 registers of rings ptxas spills on some targets (16-bit values at SIZE 9 on sm_90a, float64
+    from SIZE 5)."""
+    pixels = 4
+    if dtype == torch.bfloat16 and 0 < cap < 80:  # NVIDIA before sm_80 (no bfloat16 conversion): Triton's
+        pixels = 2  # emulated rounding spills with 4 on sm_75
+    if block == 256 and dtype == torch.float32:  # 4 float32 pixels a thread over 2 warps: ptxas spills
+        pixels = 2
+    words = 2 if dtype == torch.float64 else 1
+    while pixels > 1 and 3 * size * pixels * words > 60:
+        pixels //= 2
+    return pixels
+
+
 @functools.lru_cache(maxsize=256)
 def _bwd_plan(n, c, hw, dtype, size, beta, big, cap):
     # long chunks: each costs a halo of 2 * (size - 1) channels and three bound-checked groups; the price
     # is fewer programs (AlexNet's conv2 LRN: 768 of 2 warps), for a GPU run to weigh
     chunk = _chunk(c, size, 2 * size - 2, 4 * _WALK_CHANNELS)
     n_cb = cdiv(c, chunk)
-    block, warps = _pixel_block(hw)
-    if dtype == torch.bfloat16 and 0 < cap < 80:  # NVIDIA before sm_80 (no bfloat16 conversion): 2 pixels
-        warps = block // 64  # a thread (Triton's emulated rounding spills with 4 on sm_75)
-    if block == 256 and dtype == torch.float32:  # 4 float32 pixels a thread over 2 warps: ptxas spills
-        warps = 4
+    block, _ = _pixel_block(hw)
+    pixels = _bwd_pixels(dtype, size, block, cap)
+    block = min(block, 256 * pixels)  # at most 8 warps: 255 registers a thread (64K a block)
     n_t = cdiv(hw, block)
+    # 4 16-bit pixels in a 2-warp block, or one pixel of a wide window: left to choose, ptxas aims at 96
+    # or 128 registers (sm_80, sm_75) and spills 8 bytes; given the hardware's cap (see Config) it takes
+    # what the rings need
+    wide = (pixels == 4 and block == 256) or pixels == 1
     cfg = Config(dict(SIZE=size, BETA=beta, BLOCK=block, CHUNK=chunk, BIG=big, IN_PLANE=hw >= block),
-                 num_warps=warps)
+                 num_warps=block // (32 * pixels), max_registers=255 if wide else None)
     return (n_cb * n_t * n,), cfg, (n_cb, n_t)
 
 

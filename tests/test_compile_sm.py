@@ -70,6 +70,7 @@ ODD = [
     ("relu_lrn", (3, 16, 13, 13), {**LRN, "size": 2}, BOTH),  # even window
     ("relu_lrn", (2, 12, 5, 5), {**LRN, "size": 9}, BOTH),  # wider than the channel walk takes
     ("relu_lrn", (2, 3, 4, 4), {**LRN, "size": 1}, BOTH),
+    ("relu_lrn", (2, 17, 32, 32), {**LRN, "size": 16}, BOTH),  # the widest walk, 512-pixel blocks
     ("max_pool2d", (3, 16, 13, 13), {"kernel_size": 3, "stride": 2, "padding": 1}, BOTH),
     ("max_pool2d", (2, 5, 8, 8), {"kernel_size": 2, "stride": 2, "padding": 0}, BOTH),  # one window
     ("relu_lrn_max_pool2d", (2, 5, 7, 9), {**LRN, **ALEX}, BOTH),
@@ -103,18 +104,19 @@ def plan() -> list:
         else:
             pairs = [("float32", (90,)), ("bfloat16", MATRIX if CI_MATRIX else (90, *other))]
         items += [(op, shape, kwargs, layout, d, a) for layout in layouts for d, a in pairs]
-    combos = [(d, a) for a in ROTATION for d in DTYPES]
     turn = {}
     for op, shape, kwargs, layouts in ODD:
         for layout in layouts:
             if FULL:
                 items += [(op, shape, kwargs, layout, d, MATRIX) for d in DTYPES]
-            else:  # the next (dtype, target) pair for this op, the target changing fastest
-                i = turn.get(op, 0)
-                turn[op] = i + 1
-                n = len(ROTATION)
-                d, a = combos[(i % n) * len(DTYPES) + (i // n) % len(DTYPES)]
-                items.append((op, shape, kwargs, layout, d, (a,)))
+            else:  # the next (dtype, target) pair for this op: both change every turn, so an op's few
+                # turns reach every dtype and as many targets as it has turns (ops start on different
+                # dtypes: AlexNet's shapes above cover float32 and bfloat16 already)
+                first = turn.setdefault(op, [len(turn), 0])[0]
+                i = turn[op][1]
+                turn[op][1] += 1
+                d = DTYPES[(first + i + i // len(ROTATION)) % len(DTYPES)]
+                items.append((op, shape, kwargs, layout, d, (ROTATION[i % len(ROTATION)],)))
     return items
 
 
@@ -304,29 +306,11 @@ def test_compiles_the_runtime_specialisation(compiled):
     assert any(t == "i32" for r in results for t in r["signature"].values())
 
 
-# Known, and open in issue 19 (found by COMPILE_SM_MATRIX on 2026-12-06): (kernel, dtype, layout, target) ->
-# the most bytes it may spill, or registers it may use. bfloat16 NCHW LRN backward walks spill on sm_86 and
-# sm_89 (RTX 30 / A10, RTX 40 / L4) where sm_80 and sm_90a do not; the bfloat16 NCHW fused block forward
-# takes 254 registers on sm_100. In the build without inline asm: the bfloat16 channels_last block backward
-# spills 16 bytes on sm_75, and the float32 channels_last block forward of a SIZE 9 window 40 on sm_100.
-# Anything else, or more, fails.
-KNOWN_SPILLS = {("relu_lrn_bwd", "bfloat16", "nchw", arch): 32 for arch in (86, 89)} | {
-    ("relu_lrn_max_pool2d_bwd", "bfloat16", "nchw", arch): 64 for arch in (86, 89)} | {
-    ("relu_lrn_max_pool2d_bwd", "bfloat16", "channels_last", 75): 16,
-    ("relu_lrn_max_pool2d_fwd", "float32", "channels_last", 100): 40}
-KNOWN_REGISTERS = {("relu_lrn_max_pool2d_fwd", "bfloat16", "nchw", 100): 255,
-                   ("relu_lrn_max_pool2d_fwd", "float32", "channels_last", 100): 255}
-
-
-def _known(r, table) -> int:
-    return table.get((r["name"], r["dtype"], r["layout"], r["arch"]), 0)
-
-
 def test_no_register_spills(compiled):
     missing = [_where(r) for r in compiled["results"] if r.get("has_cubin") and not r.get("ptxas_ok")]
     assert not missing, f"ptxas printed no spill line: {missing[:3]}"
     spilling = [f"{_where(r)}: {r['spill_bytes']} bytes spilled, {r['registers']} registers"
-                for r in compiled["results"] if (r.get("spill_bytes") or 0) > _known(r, KNOWN_SPILLS)]
+                for r in compiled["results"] if r.get("spill_bytes")]
     total = len(compiled["results"])
     assert not spilling, f"{len(spilling)} of {total} compiles spill:\n" + "\n".join(spilling[:12])
 
