@@ -134,6 +134,15 @@ def test_unfused_square_adds(sc):
     overwritten = _sass((0x00, "FMUL R4, R2, R2"), (0x10, "LDG.E.64 R4, desc[UR4][R8.64]"),
                         (0x20, "FMUL R9, R2, R3"), (0x30, "FADD R6, R4, R9"), (0x40, "EXIT"))
     assert sc.unfused_square_adds(overwritten) == []  # R4 reloaded; R9 is a product, not a square
+    pair = _sass((0x00, "FMUL R21, R23, R23"), (0x10, "FADD2 R20, R66.F32x2.HI_LO, R98.F32x2.HI_LO"),
+                 (0x20, "FADD R58, R21, R42"), (0x30, "EXIT"))
+    assert sc.unfused_square_adds(pair) == []  # sm_100's FADD2 wrote R20 and R21
+    carried = _sass((0x00, "FMUL R47, R47, R47"), (0x10, "FADD R23, R26, R47"),  # loop 0x10 .. 0x30
+                    (0x20, "FADD R47, R23, R8"), (0x30, "@P0 BRA 0x10"), (0x40, "EXIT"))
+    assert sc.unfused_square_adds(carried) == []  # from the second trip on, R47 is the loop's own sum
+    in_loop = _sass((0x00, "MOV R3, RZ"), (0x10, "FMUL R5, R4, R4"), (0x20, "FADD R3, R3, R5"),
+                    (0x30, "@P0 BRA 0x10"), (0x40, "EXIT"))
+    assert len(sc.unfused_square_adds(in_loop)) == 1
 
 
 def test_occupancy(sc):

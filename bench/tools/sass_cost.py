@@ -700,34 +700,58 @@ def find_loops(instrs: list[Instr]) -> list[Loop]:
     return sorted((Loop(s, e) for s, e in ends.items()), key=lambda lp: (lp.start, -lp.end))
 
 
-def _register(operand: str) -> str:
-    """The register an operand names ("-|R12.reuse|" -> "R12"), or the operand as it is."""
-    return operand.strip().strip("-|").replace(".reuse", "").strip("|")
+def _registers(operand: str) -> list[str]:
+    """The registers an operand names: "-|R12.reuse|" -> ["R12"]; a packed pair "R66.F32x2.HI_LO" (sm_100's
+    FADD2, FMUL2, FFMA2) -> ["R66", "R67"]; anything else -> []."""
+    m = re.fullmatch(r"[-|]*(R\d+)(\.reuse)?(\.F32x2[.A-Z_]*)?(\.reuse)?\|?", operand.strip())
+    if not m:
+        return []
+    n = int(m.group(1)[1:])
+    return [f"R{n}", f"R{n + 1}"] if m.group(3) else [f"R{n}"]
+
+
+def _written(ins: Instr) -> list[str]:
+    """The registers an instruction writes: its first operand, widened by .64/.128/.WIDE or packed pairs."""
+    first = ins.operands.split(",")[0] if ins.operands else ""
+    regs = _registers(first)
+    if not regs:
+        return []
+    n = int(regs[0][1:])
+    wide = 4 if ".128" in ins.opcode else 2 if (".64" in ins.opcode or ".WIDE" in ins.opcode
+                                                or ".F32x2" in ins.operands) else 1
+    return sorted(set(regs) | {f"R{n + i}" for i in range(wide)}, key=lambda r: int(r[1:]))
 
 
 def unfused_square_adds(text: str) -> list[str]:
-    """FADDs that add a square (the result of ``FMUL Rd, Ra, Ra``): a window's sum of squares left to
+    """FADDs (FADD2) that add a square (the result of ``FMUL Rd, Ra, Ra``): a window's sum of squares left to
     LLVM's contraction instead of kernels/_jit.py's fma chain, which would round s differently from the
-    other LRN kernels. Reads the SASS in address order, each source taken from its latest earlier write
-    (straight-line code: a square written in another block and added across a branch can hide)."""
+    other LRN kernels. Each source is taken from its latest earlier write in address order; where a loop
+    holds the FADD, the write lies before the loop and the loop writes the register again after the FADD,
+    the value is loop-carried and the source unknown: not reported."""
+    instrs = parse_sass(text)
+    loops = find_loops(instrs)
     last: dict[str, Instr] = {}
+    writes: dict[str, list[int]] = {}
+    for ins in instrs:
+        for r in _written(ins):
+            writes.setdefault(r, []).append(ins.addr)
     found = []
-    for ins in parse_sass(text):
-        regs = [_register(o) for o in ins.operands.split(",")] if ins.operands else []
-        if ins.opcode.split(".")[0] == "FADD":
-            for src in regs[1:]:
+    for ins in instrs:
+        if ins.opcode.split(".")[0] in ("FADD", "FADD2"):
+            for src in [r for o in ins.operands.split(",")[1:] for r in _registers(o)]:
                 d = last.get(src)
-                if d is not None and d.opcode.split(".")[0] == "FMUL":
-                    a = [_register(o) for o in d.operands.split(",")]
-                    if len(a) >= 3 and a[1] == a[2]:
-                        found.append(f"{ins.addr:#06x} {ins.opcode} {ins.operands} adds "
-                                     f"{d.addr:#06x} {d.opcode} {d.operands}")
-        if regs and re.fullmatch(r"R\d+", regs[0]):
-            n = int(regs[0][1:])
-            wide = 4 if ".128" in ins.opcode else 2 if (".64" in ins.opcode or ".WIDE" in ins.opcode) else 1
-            for i in range(wide):
-                last.pop(f"R{n + i}", None)
-            last[regs[0]] = ins
+                if d is None or d.opcode.split(".")[0] not in ("FMUL", "FMUL2"):
+                    continue
+                a = [_registers(o) for o in d.operands.split(",")]
+                if not (len(a) >= 3 and a[1] and a[1] == a[2]):
+                    continue
+                if any(lp.start <= ins.addr <= lp.end and d.addr < lp.start
+                       and any(ins.addr < w <= lp.end for w in writes[src]) for lp in loops):
+                    continue
+                found.append(f"{ins.addr:#06x} {ins.opcode} {ins.operands} adds "
+                             f"{d.addr:#06x} {d.opcode} {d.operands}")
+        for r in _written(ins):
+            last[r] = ins
     return found
 
 
