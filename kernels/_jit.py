@@ -299,8 +299,8 @@ def _pow_neg_normal(s, BETA: tl.constexpr):
 @triton.jit
 def _ring_sumsq(ring, SIZE: tl.constexpr):
     """Sum of squares of the ring, oldest first, as one fma chain: every kernel rounds it identically,
-    whatever its basic blocks (LLVM contracts a * b + c only within one; tests/test_sass_cost.py
-    fails on an unfused add of a square)."""
+    whatever its basic blocks (LLVM contracts a * b + c only within one; tests/test_compile_sm.py
+    reads every LRN kernel's SASS and fails on an unfused add of a square)."""
     s = ring[0] * ring[0]
     for d in tl.static_range(1, SIZE):
         s = tl.fma(ring[d], ring[d], s)
