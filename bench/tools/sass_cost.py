@@ -712,14 +712,13 @@ def _registers(operand: str) -> list[str]:
 
 def _written(ins: Instr) -> list[str]:
     """The registers an instruction writes: its first operand, widened by .64/.128/.WIDE or packed pairs."""
-    first = ins.operands.split(",")[0] if ins.operands else ""
-    regs = _registers(first)
+    regs = _registers(ins.operands.split(",")[0]) if ins.operands else []
     if not regs:
         return []
-    n = int(regs[0][1:])
     wide = 4 if ".128" in ins.opcode else 2 if (".64" in ins.opcode or ".WIDE" in ins.opcode
                                                 or ".F32x2" in ins.operands) else 1
-    return sorted(set(regs) | {f"R{n + i}" for i in range(wide)}, key=lambda r: int(r[1:]))
+    n = int(regs[0][1:])
+    return [f"R{n + i}" for i in range(max(wide, len(regs)))]
 
 
 def unfused_square_adds(text: str) -> list[str]:
@@ -730,13 +729,14 @@ def unfused_square_adds(text: str) -> list[str]:
     the value is loop-carried and the source unknown: not reported."""
     instrs = parse_sass(text)
     loops = find_loops(instrs)
-    last: dict[str, Instr] = {}
+    written = [_written(ins) for ins in instrs]
     writes: dict[str, list[int]] = {}
-    for ins in instrs:
-        for r in _written(ins):
+    for ins, regs in zip(instrs, written):
+        for r in regs:
             writes.setdefault(r, []).append(ins.addr)
+    last: dict[str, Instr] = {}
     found = []
-    for ins in instrs:
+    for ins, regs in zip(instrs, written):
         if ins.opcode.split(".")[0] in ("FADD", "FADD2"):
             for src in [r for o in ins.operands.split(",")[1:] for r in _registers(o)]:
                 d = last.get(src)
@@ -750,7 +750,7 @@ def unfused_square_adds(text: str) -> list[str]:
                     continue
                 found.append(f"{ins.addr:#06x} {ins.opcode} {ins.operands} adds "
                              f"{d.addr:#06x} {d.opcode} {d.operands}")
-        for r in _written(ins):
+        for r in regs:
             last[r] = ins
     return found
 
