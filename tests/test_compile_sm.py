@@ -104,7 +104,8 @@ def plan() -> list:
         else:
             pairs = [("float32", (90,)), ("bfloat16", MATRIX if CI_MATRIX else (90, *other))]
         items += [(op, shape, kwargs, layout, d, a) for layout in layouts for d, a in pairs]
-    turn = {}
+    ops = list(dict.fromkeys(op for op, *_ in ODD))  # in order of first appearance
+    turn = dict.fromkeys(ops, 0)
     for op, shape, kwargs, layouts in ODD:
         for layout in layouts:
             if FULL:
@@ -112,10 +113,9 @@ def plan() -> list:
             else:  # the next (dtype, target) pair for this op: both change every turn, so an op's few
                 # turns reach every dtype and as many targets as it has turns (ops start on different
                 # dtypes: AlexNet's shapes above cover float32 and bfloat16 already)
-                first = turn.setdefault(op, [len(turn), 0])[0]
-                i = turn[op][1]
-                turn[op][1] += 1
-                d = DTYPES[(first + i + i // len(ROTATION)) % len(DTYPES)]
+                i = turn[op]
+                turn[op] += 1
+                d = DTYPES[(ops.index(op) + i + i // len(ROTATION)) % len(DTYPES)]
                 items.append((op, shape, kwargs, layout, d, (ROTATION[i % len(ROTATION)],)))
     return items
 
@@ -214,7 +214,7 @@ _SCRIPT = textwrap.dedent(r"""
     if nv:
         # the LRN kernels' SASS too (cuobjdump, ~0.5 s a kernel): their window sums must be fma chains
         lrn = [i for i, (l, _, _) in enumerate(nv) if l.name.startswith("relu_lrn")]
-        rest = [i for i in range(len(nv)) if i not in set(lrn)]
+        rest = sorted(set(range(len(nv))) - set(lrn))
         results = [None] * len(nv)
         for idx, sass in ((lrn, True), (rest, False)):
             for i, rs in zip(idx, sc.compile_all([nv[i][0] for i in idx], [tuple(nv[i][1]) for i in idx],
