@@ -83,10 +83,10 @@ if triton is not None:
         for j in tl.static_range(SIZE):
             i = i0 + j  # the channel loaded now
             ok_i = _in_range(i, 0, C, MASKED)
-            R = _shift(R, _relu_up(_load_x(x_img + _offset(i, BIG) * HW + hw, inb, ok_i, MASKED, IN_PLANE)))
+            R = _shift(R, _relu_up(_load_x(x_img + _offset(i, BIG) * HW, inb, ok_i, MASKED, IN_PLANE)))
             c = i - HI  # its window [c - LO, c + HI] is in the ring now
             y = _lrn_y(R[LO], _ring_sumsq(R, SIZE), alpha_n, k, BETA, TINY).to(y_img.dtype.element_ty)
-            y_c = y_img + _offset(c, BIG) * HW + hw
+            y_c = y_img + _offset(c, BIG) * HW
             if IN_PLANE and not MASKED:  # a pixel two programs hold gets the same value twice
                 tl.store(y_c, y)
             else:
@@ -114,11 +114,13 @@ if triton is not None:
             start = tl.minimum(t * BLOCK, HW - BLOCK)
         else:
             start = t * BLOCK
-        # the block's start goes into the base pointers: the pixels' offsets stay compile-time
-        # constants per thread (loads and stores share one address, no add per pixel)
-        x_img = x_ptr + n.to(tl.int64) * C * HW + start
-        y_img = y_ptr + n.to(tl.int64) * C * HW + start
+        # the block's start and each thread's pixels go into per-thread pointers, set once: a channel
+        # step adds one offset to them (an IMAD.WIDE a pointer), and a thread's pixels stay immediate
+        # offsets of one address
         hw = tl.max_contiguous(tl.arange(0, BLOCK), 1)
+        img = n.to(tl.int64) * C * HW + start
+        x_img = x_ptr + img + hw
+        y_img = y_ptr + img + hw
         inb = hw < HW - start
         R = (_acc_zeros(hw, x_ptr),) * SIZE  # relu'd x of the last SIZE channels, oldest first
 
@@ -163,9 +165,9 @@ if triton is not None:
             i = i0 + j  # the channel loaded now
             cj = i - HI  # s is complete for cj
             ok_j = _in_range(cj, 0, C, MASKED)
-            g = _upcast(_load_x(dy_img + _offset(cj, BIG) * HW + hw, inb, ok_j, MASKED, IN_PLANE))
+            g = _upcast(_load_x(dy_img + _offset(cj, BIG) * HW, inb, ok_j, MASKED, IN_PLANE))
             ok_i = _in_range(i, 0, C, MASKED)
-            R = _shift(R, _relu_up(_load_x(x_img + _offset(i, BIG) * HW + hw, inb, ok_i, MASKED, IN_PLANE)))
+            R = _shift(R, _relu_up(_load_x(x_img + _offset(i, BIG) * HW, inb, ok_i, MASKED, IN_PLANE)))
             t_j, a_j = _lrn_ta(R, g, alpha_n, k, SIZE, BETA, TINY)
             if MASKED:  # channels outside [0, C) have no t or a (not even NaN from s = 0)
                 t_j = tl.where(ok_j, t_j, 0.0)
@@ -175,7 +177,7 @@ if triton is not None:
             if not WARM:
                 c = i - (SIZE - 1)  # dx is complete for c
                 dx = _lrn_dx(R[0], A[HI], T, coef, SIZE).to(dx_img.dtype.element_ty)
-                dx_c = dx_img + _offset(c, BIG) * HW + hw
+                dx_c = dx_img + _offset(c, BIG) * HW
                 if IN_PLANE and not MASKED:  # duplicates store equal values
                     tl.store(dx_c, dx)
                 else:
@@ -196,9 +198,9 @@ if triton is not None:
             start = tl.minimum(t * BLOCK, HW - BLOCK)
         else:
             start = t * BLOCK
-        img = n.to(tl.int64) * C * HW + start
-        ptrs = (x_ptr + img, dy_ptr + img, dx_ptr + img)
         hw = tl.max_contiguous(tl.arange(0, BLOCK), 1)  # contiguity 1: as in the forward
+        img = n.to(tl.int64) * C * HW + start
+        ptrs = (x_ptr + img + hw, dy_ptr + img + hw, dx_ptr + img + hw)
         inb = hw < HW - start
         zero = _acc_zeros(hw, x_ptr)
         R = (zero,) * SIZE
@@ -612,12 +614,17 @@ def _bwd_plan(n, c, hw, dtype, size, beta, big, cap):
     pixels = _bwd_pixels(dtype, size, block, cap)
     block = min(block, 256 * pixels)  # at most 8 warps: 255 registers a thread (64K a block)
     n_t = cdiv(hw, block)
-    # 4 16-bit pixels in a 2-warp block, or one pixel of a wide window: left to choose, ptxas aims at 96
-    # or 128 registers (sm_80, sm_75) and spills 8 bytes; given the hardware's cap (see Config) it takes
-    # what the rings need
-    wide = (pixels == 4 and block == 256) or pixels == 1
+    # Registers (see Config). 4 16-bit pixels in a 2-warp block, or one pixel of a wide window: left to
+    # choose, ptxas aims at 96 or 128 registers (sm_80, sm_75) and spills 8 bytes; given the hardware's cap
+    # it takes what the rings need. 4 pixels in 4 warps (AlexNet's conv1): left to choose, ptxas takes 96
+    # on sm_90a, 5 blocks an SM (1.16 waves at conv1's shape); 80 keeps 6 (0.97 waves) for 3% more
+    # instructions (72, 7 blocks, spills on sm_100).
+    if pixels == 1 or (pixels == 4 and block == 256):
+        registers = 255
+    else:
+        registers = 80 if pixels == 4 else None
     cfg = Config(dict(SIZE=size, BETA=beta, BLOCK=block, CHUNK=chunk, BIG=big, IN_PLANE=hw >= block),
-                 num_warps=block // (32 * pixels), max_registers=255 if wide else None)
+                 num_warps=block // (32 * pixels), max_registers=registers)
     return (n_cb * n_t * n,), cfg, (n_cb, n_t)
 
 
