@@ -70,8 +70,9 @@ if triton is not None:
     # chunk ends at C - HI (overlapping its neighbour: the same values stored twice) and then finishes
     # the last HI channels without loads (zeros past C, PyTorch's padding). Only the prologue, the
     # first SIZE - 1 loads of a chunk, tests a channel bound.
-    # The steps' groups: plane = (H * W, OH * OW, W, OW); ptrs = (x, y, am at the patch's first pixel and
-    # output); lrn = (alpha / size, k); zeros = (float and int zeros, one per thread).
+    # The steps' groups: plane = (H * W, OH * OW, W, OW); ptrs = (x at the first pixel of each of the
+    # patch's U rows, y and am at its first output); lrn = (alpha / size, k); zeros = (float and int zeros,
+    # one per thread).
     @triton.jit
     def _patch_steps(
         R, c_first, plane, ptrs, lrn, zeros, N_STEPS: tl.constexpr, LOAD: tl.constexpr, SIZE: tl.constexpr,
@@ -85,16 +86,14 @@ if triton is not None:
         U: tl.constexpr = (TOH - 1) * SH + KH
         V: tl.constexpr = (TOW - 1) * SW + KW
         HW, OHW, W, OW = plane
-        x_pix, y_pix, am_pix = ptrs
+        x_rows, y_pix, am_pix = ptrs
         alpha_n, k = lrn
         zero, zero_i = zeros
         for j in tl.static_range(N_STEPS):
             c = c_first + j
-            if LOAD:
-                x_i = x_pix + _offset(c + HI, BIG) * HW
             for u in tl.static_range(U):
                 if LOAD:
-                    row = x_i + u * W
+                    row = x_rows[u] + _offset(c + HI, BIG) * HW
                 for v in tl.static_range(V):
                     if LOAD:
                         val = _relu_up(_ld(row + v))
@@ -165,6 +164,10 @@ if triton is not None:
         HW = H * W
         OHW = OH * OW
         x_pix = x_ptr + (n.to(tl.int64) * C * HW + (oh0 * SH * W + ow0 * SW))
+        # the patch's U rows, set once: a channel step adds one offset to each (an IMAD.WIDE a row)
+        x_rows = ()
+        for u in tl.static_range(U):
+            x_rows = x_rows + (x_pix + u * W,)
         o_off = n.to(tl.int64) * C * OHW + (oh0 * OW + ow0)
         y_pix = y_ptr + o_off
         am_pix = am_ptr + o_off
@@ -180,13 +183,12 @@ if triton is not None:
         # prologue: channels c0 - LO .. c0 + HI - 1 (below 0: PyTorch's zero padding)
         for j in tl.static_range(SIZE - 1):
             i = c0 - LO + j
-            x_i = x_pix + _offset(tl.maximum(i, 0), BIG) * HW
             for u in tl.static_range(U):
-                row = x_i + u * W
+                row = x_rows[u] + _offset(tl.maximum(i, 0), BIG) * HW
                 for v in tl.static_range(V):
                     val = tl.where(i >= 0, _relu_up(_ld(row + v)), 0.0)
                     R = _put(R, u * V + v, _shift(R[u * V + v], val))
-        args = ((HW, OHW, W, OW), (x_pix, y_pix, am_pix), (alpha_n, k), (zero, zero_i))
+        args = ((HW, OHW, W, OW), (x_rows, y_pix, am_pix), (alpha_n, k), (zero, zero_i))
         for g in range(0, ln // SIZE):
             R = _patch_steps(R, c0 + g * SIZE, *args, N_STEPS=SIZE, LOAD=True, SIZE=SIZE, BETA=BETA,
                              TINY=TINY, KH=KH, KW=KW, SH=SH, SW=SW, TOH=TOH, TOW=TOW, BIG=BIG)
