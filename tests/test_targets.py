@@ -56,12 +56,22 @@ def test_nchw_block_takes_the_tiles_without_inline_ptx(monkeypatch, hip):
 
 
 def test_no_asm_variable_switches_the_build_off():
-    code = "import kernels._common as c, kernels._jit as j; print(c.NO_ASM, c.inline_ptx(), bool(j._NO_ASM))"
-    for value, expected in (("1", "True False True"), ("0", "False True False"), ("", "False True False")):
-        env = {**os.environ, "ALEXNET_NO_ASM": value, "PYTHONPATH": ROOT}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.split()[-3:] == expected.split(), (value, out.stdout)
+    # read at import: one fresh process imports the two modules again for each value (a process each
+    # would cost ~4 s of CPU, most of it importing torch)
+    code = textwrap.dedent("""
+        import importlib, os, sys
+        import kernels._common as c, kernels._jit as j
+        for value in sys.argv[1:]:
+            os.environ["ALEXNET_NO_ASM"] = value
+            c, j = importlib.reload(c), importlib.reload(j)
+            print(value or "empty", c.NO_ASM, c.inline_ptx(), bool(j._NO_ASM))
+    """)
+    cases = {"1": "True False True", "0": "False True False", "": "False True False"}
+    out = subprocess.run([sys.executable, "-c", code, *cases], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = {line.split()[0]: " ".join(line.split()[1:]) for line in out.stdout.splitlines()[-len(cases):]}
+    assert got == {value or "empty": expected for value, expected in cases.items()}, out.stdout
 
 
 # ------------------------------------------------------------- the gating, compiled per target
