@@ -447,7 +447,8 @@ def backward_fits(x, pool, size) -> bool:
 def _fwd_plan(n, c, oh, ow, pool, size, beta):
     (kh, kw), (sh, sw), _ = pool
     # windows wider than AlexNet's: half the channels a thread (8 float32 channels of SIZE 9 spill 24
-    # bytes on sm_100)
+    # bytes on sm_100), and the hardware's register cap (see Config: left to choose, ptxas aims the
+    # bfloat16 build without inline asm at 128 registers on sm_75 and spills 24 bytes at SIZE 9)
     g = _group(c, _G if size <= 5 else _G // 2)
     # pooled columns per thread: the fewest input columns computed in all (the last patch overlaps)
     tow = min(range(1, min(_TOW, ow) + 1), key=lambda t: (cdiv(ow, t) * ((t - 1) * sw + kw), t))
@@ -457,7 +458,7 @@ def _fwd_plan(n, c, oh, ow, pool, size, beta):
     n_cg, n_pc = cdiv(c, g), cdiv(ow, tow)
     n_q = n * n_pc * n_cg
     cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, TOW=tow, G=g, BLOCK=_BLOCK),
-                 num_warps=_BLOCK // 32)
+                 num_warps=_BLOCK // 32, max_registers=168 if size > 5 else None)
     return (cdiv(n_q, _BLOCK), cdiv(oh, rows)), cfg, (n_cg, n_pc, n_q, rows)
 
 
