@@ -146,6 +146,20 @@ def _relu_up(v):
 
 
 @triton.jit
+def _rounded_pair(a, b, out_ptr):
+    """a and b (float32) rounded to out_ptr's element type and back, the values an output of that type
+    holds. bfloat16 on sm_80 and later: one cvt.rn.bf16x2 for both (the rounding of .to) and a bit
+    operation each back, 1.5 instructions a value instead of 2."""
+    if out_ptr.dtype.element_ty == tl.bfloat16 and a.dtype == tl.float32 and _ptx(80):
+        return tl.inline_asm_elementwise(
+            "{\n\t.reg .b32 t;\n\tcvt.rn.bf16x2.f32 t, $3, $2;\n\tshl.b32 $0, t, 16;"
+            "\n\tand.b32 $1, t, 0xffff0000;\n\t}",
+            "=r,=r,r,r", [a, b], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        return _upcast(a.to(out_ptr.dtype.element_ty)), _upcast(b.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _rsqrt(s):
     """1 / sqrt(s). float32 on an NVIDIA GPU: one MUFU.RSQ (flush-to-zero approx), without the subnormal
     fix-up code that the non-ftz form costs: callers scale a subnormal s first (_pow_neg's TINY)."""

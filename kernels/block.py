@@ -50,6 +50,7 @@ if triton is not None:
         _relu,
         _relu_up,
         _ring_sumsq,
+        _rounded_pair,
         _shift,
         _st,
         _st_if,
@@ -100,11 +101,16 @@ if triton is not None:
                     else:
                         val = zero
                     R = _put(R, u * V + v, _shift(R[u * V + v], val))
-            vals = ()
+            ys = ()
             for p in tl.static_range(U * V):
-                y = _lrn_y(R[p][LO], _ring_sumsq(R[p], SIZE), alpha_n, k, BETA, TINY)
-                # rounded to the output dtype, as relu_lrn's output is, before it competes
-                vals = vals + (_upcast(y.to(y_pix.dtype.element_ty)),)
+                ys = ys + (_lrn_y(R[p][LO], _ring_sumsq(R[p], SIZE), alpha_n, k, BETA, TINY),)
+            # rounded to the output dtype, as relu_lrn's output is, before they compete (in pairs: one
+            # packed conversion for two)
+            vals = ()
+            for p in tl.static_range(0, U * V - 1, 2):
+                vals = vals + _rounded_pair(ys[p], ys[p + 1], y_pix)
+            if (U * V) % 2:
+                vals = vals + (_upcast(ys[U * V - 1].to(y_pix.dtype.element_ty)),)
             # pooled separably: PyTorch's rule (the first in-bounds position starts, a value wins when
             # v > best or v is NaN) along each row, then down the rows' winners: the first maximum in
             # row-major order wins, or the last NaN, as in one pass over the window
