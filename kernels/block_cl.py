@@ -28,7 +28,7 @@ import functools
 
 import torch
 
-from ._common import INTERPRET, Config, cdiv, launch, tl, triton
+from ._common import INTERPRET, Config, capability, cdiv, launch, tl, triton
 from ._pooling import block_windows
 
 if triton is not None:
@@ -444,12 +444,16 @@ def backward_fits(x, pool, size) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _fwd_plan(n, c, oh, ow, pool, size, beta):
+def _fwd_plan(n, c, oh, ow, pool, size, beta, half, cap):
     (kh, kw), (sh, sw), _ = pool
     # windows wider than AlexNet's: half the channels a thread (8 float32 channels of SIZE 9 spill 24
-    # bytes on sm_100), and the hardware's register cap (see Config: left to choose, ptxas aims the
-    # bfloat16 build without inline asm at 128 registers on sm_75 and spills 24 bytes at SIZE 9)
+    # bytes on sm_100)
     g = _group(c, _G if size <= 5 else _G // 2)
+    # and for 16-bit values before sm_80 (emulated conversions) a register cap (see Config): left to
+    # choose, ptxas aims the bfloat16 build without inline asm at 128 registers on sm_75 and spills 24
+    # bytes at SIZE 9. Not elsewhere: given a cap, ptxas fills it (float32 at SIZE 9: 140 -> 168
+    # registers, and 8-40 bytes spilled on sm_90a/sm_100 in that build)
+    registers = 168 if size > 5 and half and 0 < cap < 80 else None
     # pooled columns per thread: the fewest input columns computed in all (the last patch overlaps)
     tow = min(range(1, min(_TOW, ow) + 1), key=lambda t: (cdiv(ow, t) * ((t - 1) * sw + kw), t))
     # walks of at most _ROWS pooled rows, as even as they come (each costs KH - SH rows of prologue)
@@ -458,7 +462,7 @@ def _fwd_plan(n, c, oh, ow, pool, size, beta):
     n_cg, n_pc = cdiv(c, g), cdiv(ow, tow)
     n_q = n * n_pc * n_cg
     cfg = Config(dict(SIZE=size, BETA=beta, KH=kh, KW=kw, SH=sh, SW=sw, TOW=tow, G=g, BLOCK=_BLOCK),
-                 num_warps=_BLOCK // 32, max_registers=168 if size > 5 else None)
+                 num_warps=_BLOCK // 32, max_registers=registers)
     return (cdiv(n_q, _BLOCK), cdiv(oh, rows)), cfg, (n_cg, n_pc, n_q, rows)
 
 
@@ -471,7 +475,8 @@ def launch_forward(x, y, am, pool, size, alpha, beta, k) -> bool:
     (kh, kw), (sh, sw), _ = pool
     if not forward_fits(x, pool, size) or (oh - 1) * sh + kh > h or (ow - 1) * sw + kw > w:
         return False
-    grid, cfg, (n_cg, n_pc, n_q, rows) = _fwd_plan(n, c, oh, ow, pool, size, float(beta))
+    grid, cfg, (n_cg, n_pc, n_q, rows) = _fwd_plan(n, c, oh, ow, pool, size, float(beta),
+                                                   x.element_size() == 2, capability(x))
     launch("relu_lrn_max_pool2d_fwd", _cl_fwd_kernel, grid,
            (x, y, am, c, h, w, oh, ow, n_cg, n_pc, n_q, rows, alpha / size, k), cfg, x.device,
            VEC=_vec(x, c, cfg.constexprs["G"]), TINY=tiny_s(alpha, k))

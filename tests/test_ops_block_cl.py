@@ -81,8 +81,8 @@ def test_channels_last_block_many_programs_and_walks(monkeypatch):
         assert _launched(x, (5, 1e-4, 0.75, 2.0), (3, 2, 0)) == ["_cl_fwd_kernel", "_cl_bwd_kernel"]
         check_block("triton", x, (5, 1e-4, 0.75, 2.0), (3, 2, 0), seed=7)
         k3s2 = (pair(3), pair(2), pair(0))
-        assert block_cl._fwd_plan(3, 8, 11, 1, k3s2, 5, 0.75)[0] == (2, 2)  # (programs, walks)
-        assert block_cl._fwd_plan(3, 8, 11, 1, k3s2, 5, 0.75)[2][3] == 6
+        assert block_cl._fwd_plan(3, 8, 11, 1, k3s2, 5, 0.75, False, 90)[0] == (2, 2)  # (programs, walks)
+        assert block_cl._fwd_plan(3, 8, 11, 1, k3s2, 5, 0.75, False, 90)[2][3] == 6
         assert block_cl._bwd_plan(3, 8, 23, 3, k3s2, 5, 0.75)[2][4] == 6
     finally:
         block_cl._fwd_plan.cache_clear()
