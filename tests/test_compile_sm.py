@@ -98,9 +98,9 @@ def plan() -> list:
         # by default the two training dtypes on sm_90a, and for conv1's relu_lrn and fused block bfloat16
         # on sm_75 (max.NaN, used for its float32 math, and the packed bfloat16 conversions need sm_80: sm_75
         # takes the other branches) and gfx942 (NCHW only: the channels_last block takes ~100 s of CPU to
-        # compile for AMD, a third of this plan; the matrix compiles it, tests/test_targets.py at a small
-        # shape); float64 and the other targets come up in the odd cases' rotation below (the suite must
-        # stay short)
+        # compile for AMD, a third of this plan; the matrix compiles it, and tests/test_targets.py its
+        # forward at a small shape); float64 and the other targets come up in the odd cases' rotation
+        # below (the suite must stay short)
         conv1_lrn = op.startswith("relu_lrn") and shape[1] == 96
         for layout in layouts:
             other = ((75, "gfx942") if layout == "nchw" else (75,)) if conv1_lrn else ()
