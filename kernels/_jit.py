@@ -146,17 +146,27 @@ def _relu_up(v):
 
 
 @triton.jit
-def _rounded_pair(a, b, out_ptr):
-    """a and b (float32) rounded to out_ptr's element type and back, the values an output of that type
-    holds. bfloat16 on sm_80 and later: one cvt.rn.bf16x2 for both (the rounding of .to) and a bit
-    operation each back, 1.5 instructions a value instead of 2."""
-    if out_ptr.dtype.element_ty == tl.bfloat16 and a.dtype == tl.float32 and _ptx(80):
-        return tl.inline_asm_elementwise(
-            "{\n\t.reg .b32 t;\n\tcvt.rn.bf16x2.f32 t, $3, $2;\n\tshl.b32 $0, t, 16;"
-            "\n\tand.b32 $1, t, 0xffff0000;\n\t}",
-            "=r,=r,r,r", [a, b], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+def _bf16_lo(w):
+    """The bfloat16 in the low half of a 32-bit word, as float32 (exact)."""
+    return (w << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16_hi(w):
+    return (w & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rounded(y0, y1, y_ptr):
+    """y0 and y1 rounded to the output dtype (as relu_lrn stores them) and back to float32, as the fused
+    blocks' LRN values compete in the pool. bfloat16 on sm_80 and later: one packed conversion for the pair
+    (cvt.rn, as Triton's per-element conversion), 1.5 instructions a value instead of 2."""
+    if y_ptr.dtype.element_ty == tl.bfloat16 and _ptx(80):
+        w = tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [y0, y1], dtype=tl.int32,
+                                      is_pure=True, pack=1)
+        return _bf16_lo(w), _bf16_hi(w)
     else:
-        return _upcast(a.to(out_ptr.dtype.element_ty)), _upcast(b.to(out_ptr.dtype.element_ty))
+        return _upcast(y0.to(y_ptr.dtype.element_ty)), _upcast(y1.to(y_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -596,6 +606,9 @@ if INTERPRET:
 
     _upcast = _upcast.fn
     _relu = _relu.fn
+
+    def _rounded(y0, y1, y_ptr):  # no inline PTX here
+        return _upcast(y0.to(y_ptr.dtype.element_ty)), _upcast(y1.to(y_ptr.dtype.element_ty))
 
     def _relu_up(v):
         return _relu(_upcast(v))

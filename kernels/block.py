@@ -50,7 +50,7 @@ if triton is not None:
         _relu,
         _relu_up,
         _ring_sumsq,
-        _rounded_pair,
+        _rounded,
         _shift,
         _st,
         _st_if,
@@ -108,7 +108,7 @@ if triton is not None:
             # packed conversion for two)
             vals = ()
             for p in tl.static_range(0, U * V - 1, 2):
-                vals = vals + _rounded_pair(ys[p], ys[p + 1], y_pix)
+                vals = vals + _rounded(ys[p], ys[p + 1], y_pix)
             if (U * V) % 2:
                 vals = vals + (_upcast(ys[U * V - 1].to(y_pix.dtype.element_ty)),)
             # pooled separably: PyTorch's rule (the first in-bounds position starts, a value wins when

@@ -43,30 +43,11 @@ if triton is not None:
         _put,
         _relu_up,
         _ring_sumsq,
+        _rounded,
         _st_if,
         _st_row,
         _upcast,
     )
-
-    @triton.jit
-    def _bf16_lo(w):
-        """The bfloat16 in the low half of a 32-bit word, as float32 (exact)."""
-        return (w << 16).to(tl.float32, bitcast=True)
-
-    @triton.jit
-    def _bf16_hi(w):
-        return (w & -65536).to(tl.float32, bitcast=True)
-
-    @triton.jit
-    def _rounded(y0, y1, y_ptr):
-        """y0 and y1 rounded to the output dtype (as relu_lrn stores them) and back to float32. bfloat16 on
-        sm_80 and later: one packed conversion for the pair (cvt.rn, as Triton's per-element conversion)."""
-        if y_ptr.dtype.element_ty == tl.bfloat16 and _ptx(80):
-            w = tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [y0, y1], dtype=tl.int32,
-                                          is_pure=True, pack=1)
-            return _bf16_lo(w), _bf16_hi(w)
-        else:
-            return _upcast(y0.to(y_ptr.dtype.element_ty)), _upcast(y1.to(y_ptr.dtype.element_ty))
 
     @triton.jit
     def _halo(c0, C, L: tl.constexpr, R: tl.constexpr, G: tl.constexpr, VEC: tl.constexpr):
@@ -393,9 +374,6 @@ if triton is not None:
         # plain Python under the interpreter (see _jit.py): no inline PTX, and no re-patching per call
         def _add_if(g, am, K, d):
             return tl.where(am == K, g + d, g)
-
-        def _rounded(y0, y1, y_ptr):
-            return _upcast(y0.to(y_ptr.dtype.element_ty)), _upcast(y1.to(y_ptr.dtype.element_ty))
 
         _halo = _halo.fn
         _span = _span.fn
