@@ -243,7 +243,8 @@ class Config:
 
     max_registers: NVIDIA's .maxnreg (ROCm has none). Left without one, ptxas aims some kernels at a
     register count of its own choosing and spills a few bytes to meet it (8-40 bytes, on some targets
-    only); with an explicit cap it allocates up to the cap and spills nothing (tests/test_compile_sm.py)."""
+    only). Given a cap it tends to fill it, and can spill under a cap it would not have needed: set one
+    only for the launches whose own choice spills (tests/test_compile_sm.py)."""
 
     constexprs: dict
     num_warps: int = 4
